@@ -1,0 +1,106 @@
+"""Checkpoints that are safe to load and never half-written.
+
+Weights go in safetensors (plain tensors: loading one cannot run code); what they are (architecture,
+classes, input shape, dataset, accuracy) goes in a JSON sidecar beside them, checked before use.
+Files are written to a temporary name, flushed to disk and renamed, so a crash leaves either the old
+file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
+from torch import nn
+
+from teli.errors import TeliError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def sidecar_path(weights: Path) -> Path:
+    return Path(weights).with_suffix(".json")
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], meta: dict | None = None) -> None:
+    """Write tensors to `path` (.safetensors) and, if given, `meta` to the JSON sidecar."""
+    plain = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    atomic_write_bytes(Path(path), save_safetensors_bytes(plain))
+    if meta is not None:
+        atomic_write_text(sidecar_path(path), json.dumps(meta, indent=2))
+
+
+def save_model(path: Path, model: nn.Module, meta: dict) -> None:
+    save_tensors(path, model.state_dict(), meta)
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise TeliError(f"checkpoint {path} not found: check the path or run folder")
+    try:
+        return load_safetensors_bytes(path.read_bytes())
+    except (SafetensorError, ValueError, OSError) as err:
+        raise TeliError(f"checkpoint {path} is corrupt or truncated ({str(err).splitlines()[0]}): "
+                        "retrain it or restore it from a backup") from None
+
+
+def load_meta(path: Path) -> dict:
+    side = sidecar_path(path)
+    if not side.is_file():
+        raise TeliError(f"checkpoint {path} has no sidecar {side.name}: it needs one saying its arch, classes and input shape")
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        raise TeliError(f"sidecar {side} is not valid JSON: restore it or retrain the model") from None
+    if not isinstance(meta, dict):
+        raise TeliError(f"sidecar {side} must hold a JSON object")
+    return meta
+
+
+def check_meta(path: Path, meta: dict, expected: dict) -> None:
+    """Refuse a checkpoint whose sidecar disagrees with the data or model it is about to be used with."""
+    for key, want in expected.items():
+        have = meta.get(key)
+        if isinstance(want, tuple):
+            have = tuple(have) if isinstance(have, list) else have
+        if have != want:
+            raise TeliError(f"checkpoint {path} was made for {key}={have}, but this run has {key}={want}: "
+                            "use a checkpoint trained on the same data, or change the run to match it")
+
+
+def load_model_state(path: Path, model: nn.Module) -> None:
+    state = load_tensors(path)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise TeliError(f"checkpoint {path} does not fit the model ({str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}): "
+                        "check the architecture in its sidecar") from None

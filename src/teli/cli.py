@@ -1,0 +1,130 @@
+"""`teli` command line: a thin layer over teli.pipeline.
+
+    teli run                       whole pipeline on the embedded default (digits, 5 labels/class)
+    teli teachers                  train the teachers only
+    teli distill --teachers RUN    distil the teachers of an earlier run into a student
+    teli evaluate RUN              re-score a finished run on the test set
+
+Settings come from --config FILE.yaml, then --set KEY=VALUE and the shortcut flags (which win).
+Bad input ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from teli.errors import TeliError
+
+# Shortcut flags -> dotted config keys.
+SHORTCUTS = {
+    "dataset": "data.dataset",
+    "data_root": "data.data_root",
+    "labels_per_class": "data.labels_per_class",
+    "seed": "seed",
+    "lambda_mode": "teli.lambda_mode",
+    "threshold": "teli.threshold",
+    "gamma": "teli.gamma",
+    "steps": "student.optim.steps",
+    "out": "out_dir",
+    "name": "name",
+    "threads": "threads",
+    "accelerator": "accelerator",
+    "precision": "precision",
+}
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse would print the usage block too)
+        raise TeliError(f"{message} (see `{self.prog} --help`)")
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set teli.gamma=0.2 (repeatable; wins over --config)")
+    p.add_argument("--dataset", help="dataset name (default: digits, embedded)")
+    p.add_argument("--data-root", help="where datasets are stored")
+    p.add_argument("-k", "--labels-per-class", type=int, help="labelled images per class")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--lambda", dest="lambda_mode", help="lambda mode: fixed | beta | meta")
+    p.add_argument("--threshold", type=float, help="teachers' confidence threshold in [0, 1]")
+    p.add_argument("--gamma", type=float, help="weight of the mixup loss on disagreements")
+    p.add_argument("--steps", type=int, help="student training steps")
+    p.add_argument("--out", help="parent folder of run folders (default: runs)")
+    p.add_argument("--name", help="run folder name (default: dataset-k-mode-seed-time)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--accelerator", help="cpu | cuda | mps | auto (Lightning Fabric)")
+    p.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed (Lightning Fabric)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the supervised-only student")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print summary.json instead of the table")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="teli", description="Semi-supervised classification by teacher-ensemble distillation "
+                                             "with learned label interpolation.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_run_options(sub.add_parser("run", help="teachers -> pseudo-labels -> TELI student (+ supervised baseline)"))
+    add_run_options(sub.add_parser("teachers", help="train the teachers only"))
+    distill = sub.add_parser("distill", help="distil the teachers of an earlier run into a student")
+    distill.add_argument("--teachers", required=True, help="run folder holding teachers/ (from `teli teachers` or `teli run`)")
+    add_run_options(distill)
+    evaluate = sub.add_parser("evaluate", help="re-score a finished run's models on the test set")
+    evaluate.add_argument("run_dir", help="run folder")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace):
+    from teli.config import load_config, parse_override
+
+    overrides = dict(parse_override(text) for text in args.overrides)
+    for flag, key in SHORTCUTS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    if args.no_baseline:
+        overrides["baseline"] = False
+    if args.quiet:
+        overrides["progress"] = False
+    return load_config(args.config, overrides)
+
+
+def dispatch(args: argparse.Namespace) -> dict:
+    from teli import pipeline
+
+    if args.command == "evaluate":
+        return pipeline.evaluate(Path(args.run_dir))
+    cfg = config_from_args(args)
+    if args.command == "run":
+        return pipeline.run(cfg, overwrite=args.overwrite)
+    if args.command == "teachers":
+        return pipeline.train_teachers(cfg, overwrite=args.overwrite)
+    return pipeline.distill(cfg, Path(args.teachers), overwrite=args.overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        summary = dispatch(args)
+    except TeliError as err:
+        print(f"teli: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("teli: interrupted", file=sys.stderr)
+        return 130
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        from teli.report import print_summary
+
+        print_summary(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

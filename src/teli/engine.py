@@ -1,0 +1,189 @@
+"""The one training loop that teachers, baselines and students all use.
+
+An algorithm is a small object that owns the model it trains and, given a batch, returns its loss
+and logs (USB's `train_step`). Everything else lives here once: the optimizer and its schedule,
+EMA, gradient clipping, precision and devices (Lightning Fabric), a non-finite guard, periodic
+evaluation, metrics and the progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, Protocol
+
+import torch
+from lightning_fabric import Fabric
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from teli.config import OptimConfig
+from teli.errors import TeliError
+
+
+@dataclass
+class StepContext:
+    step: int
+    lr: float  # the learning rate of this step (the meta-gradient's virtual step uses it)
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor
+    logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
+
+
+class Algorithm(Protocol):
+    name: str
+    model: nn.Module
+
+    def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> StepOutput: ...
+
+
+@dataclass
+class TrainResult:
+    model: nn.Module  # the model to use: the EMA copy when EMA is on, else the trained one
+    steps: int
+    seconds: float
+    last_logs: dict[str, float]
+
+
+class MetricsLog:
+    """Append-only JSON-lines metrics file (one JSON object per line)."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._file = open(path, "a") if path else None
+
+    def write(self, record: dict) -> None:
+        if self._file:
+            self._file.write(json.dumps(record) + "\n")
+            self._file.flush()
+
+    def close(self) -> None:
+        if self._file:
+            self._file.close()
+
+
+def setup_fabric(accelerator: str = "cpu", precision: str = "32-true", threads: int | None = None,
+                 seed: int = 0, deterministic: bool = False) -> Fabric:
+    if threads is None:
+        threads = default_threads()
+    torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        fabric = Fabric(accelerator=accelerator, devices=1, precision=precision)
+    except (ValueError, RuntimeError, TypeError) as err:
+        raise TeliError(f"cannot set up accelerator={accelerator!r} precision={precision!r}: {err}".splitlines()[0]) from None
+    return fabric
+
+
+def default_threads() -> int:
+    """One torch thread: on this project's 2-vCPU reference machine two threads are no faster
+    (benchmarks/threads.py measures it); more cores get at most 8 so data work is not starved."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return 1 if cores <= 2 else min(8, cores)
+
+
+def make_optimizer(params, cfg: OptimConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                           weight_decay=cfg.weight_decay)
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up, then cosine decay to zero over the remaining steps."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _progress(total: int, label: str, enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                        TextColumn("{task.fields[status]}"), transient=True, disable=not (enabled and sys.stderr.isatty()))
+    return progress, progress.add_task(label, total=total, status="")
+
+
+def train(algorithm: Algorithm, batches: Iterator[dict[str, torch.Tensor]], cfg: OptimConfig, *, fabric: Fabric,
+          stage: str, log: MetricsLog | None = None, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+          progress: bool = True, extra_params: list[nn.Parameter] | None = None) -> TrainResult:
+    """Train `algorithm.model` for `cfg.steps` steps on `batches`."""
+    log = log or MetricsLog(None)
+    model = algorithm.model
+    optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+    scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
+    model, optimizer = fabric.setup(model, optimizer)
+    algorithm.model = model
+    ema = AveragedModel(model.module, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    last_logs: dict[str, float] = {}
+    start = time.perf_counter()
+    bar, task = _progress(cfg.steps, stage, progress)
+    with bar:
+        for step in range(1, cfg.steps + 1):
+            batch = next(batches)
+            model.train()
+            ctx = StepContext(step=step, lr=scheduler.get_last_lr()[0])
+            with fabric.autocast():
+                out = algorithm.train_step(batch, ctx)
+            if not torch.isfinite(out.loss):
+                bad = [k for k, v in out.logs.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
+                raise TeliError(f"{stage}: the loss became {out.loss.item()} at step {step}"
+                                f"{' (term: ' + ', '.join(bad) + ')' if bad else ''}: lower the learning rate or enable grad_clip")
+            optimizer.zero_grad(set_to_none=True)
+            fabric.backward(out.loss)
+            if cfg.grad_clip:
+                fabric.clip_gradients(model, optimizer, max_norm=cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model.module)
+
+            # Accumulate logs as tensors; convert (and so synchronise) only when writing them.
+            # A key may be absent in some steps (no disagreement in the batch): average per key.
+            for key, value in {"loss": out.loss, **out.logs}.items():
+                sums[key] = sums.get(key, 0.0) + torch.as_tensor(value, dtype=torch.float32).detach()
+                counts[key] = counts.get(key, 0) + 1
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                last_logs = {k: round(float(v) / counts[k], 6) for k, v in sums.items()}
+                log.write({"stage": stage, "step": step, "lr": ctx.lr, "seconds": round(time.perf_counter() - start, 3), **last_logs})
+                bar.update(task, status=f"loss {last_logs['loss']:.3f}")
+                sums, counts = {}, {}
+            if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+                scores = evaluate(ema.module if ema is not None else model.module)
+                log.write({"stage": stage, "step": step, "eval": scores})
+            bar.advance(task)
+    final = ema.module if ema is not None else model.module
+    algorithm.model = model.module
+    return TrainResult(model=final, steps=cfg.steps, seconds=time.perf_counter() - start, last_logs=last_logs)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x_uint8: torch.Tensor, prepare: Callable[[torch.Tensor], torch.Tensor],
+                   batch_size: int = 1024) -> torch.Tensor:
+    """Logits of `model` (in eval mode) for un-augmented images, in batches."""
+    was_training = model.training
+    model.eval()
+    outs = [model(prepare(x_uint8[i : i + batch_size])).float() for i in range(0, len(x_uint8), batch_size)]
+    model.train(was_training)
+    if not outs:
+        return torch.empty(0)
+    return torch.cat(outs)

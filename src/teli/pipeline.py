@@ -1,0 +1,250 @@
+"""The Python API behind the CLI: `run`, `train_teachers`, `distill`, `evaluate`.
+
+    teachers (stage 1) -> cached teacher logits on the pool (stage 2) -> TELI student (stage 3),
+    plus a supervised-only student of the same architecture and budget for comparison.
+
+Everything that can be wrong with the input (config, data, teacher files) is checked before the run
+folder is created, so a refused run leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import yaml
+from lightning_fabric import Fabric
+from torch import nn
+
+from teli.algorithms import Supervised, TeliStudent
+from teli.checkpoint import atomic_write_text, load_model_state, load_tensors, save_model, save_tensors
+from teli.config import ModelConfig, RunConfig, build_config, to_yaml
+from teli.data import SSLBatches, SSLData, load_dataset, make_ssl_data, split_pool
+from teli.engine import MetricsLog, predict_logits, setup_fabric, train
+from teli.errors import TeliError
+from teli.labels import pseudo_labels
+from teli.models import build_model, count_parameters
+from teli.report import pseudo_label_diagnostics, test_scores
+from teli.teachers import Teacher, data_signature, load_teacher, save_teacher, teacher_files, teacher_logits, train_teacher
+
+
+def prepare_data(cfg: RunConfig, device: torch.device | str = "cpu") -> SSLData:
+    d = cfg.data
+    dataset = load_dataset(d.dataset, d.data_root, d.download, d.test_fraction)
+    split_seed = cfg.seed if d.split_seed is None else d.split_seed
+    split = split_pool(dataset.y_train, dataset.num_classes, d.labels_per_class, d.val_per_class, split_seed)
+    return make_ssl_data(dataset, split).to(device)
+
+
+def describe_arch(spec: ModelConfig) -> str:
+    width = f"w{spec.width}" if spec.width else "w-default"
+    return f"{spec.arch}({width},d{spec.depth})"
+
+
+@dataclass
+class Run:
+    """An open run: its folder, config, data, device and metrics log."""
+
+    cfg: RunConfig
+    dir: Path
+    data: SSLData
+    fabric: Fabric
+    log: MetricsLog
+    wall: dict[str, float] = field(default_factory=dict)
+    models: list[dict] = field(default_factory=list)
+
+    def score(self, name: str, arch: str, model: nn.Module) -> dict:
+        row = {"name": name, "arch": arch, **test_scores(predict_logits(model, self.data.x_test, self.data.prepare), self.data.y_test)}
+        self.models.append(row)
+        return row
+
+    def evaluator(self):
+        """Scores on the held-out labelled images during training (never the test set); None without them."""
+        if len(self.data.x_val) == 0:
+            return None
+        return lambda model: {"val_" + k: v for k, v in
+                              test_scores(predict_logits(model, self.data.x_val, self.data.prepare), self.data.y_val).items()}
+
+
+def default_run_name(cfg: RunConfig, kind: str) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    return f"{cfg.data.dataset}-k{cfg.data.labels_per_class}-{kind}-s{cfg.seed}-{stamp}"
+
+
+def open_run(cfg: RunConfig, kind: str, overwrite: bool = False) -> Run:
+    fabric = setup_fabric(cfg.accelerator, cfg.precision, cfg.threads, cfg.seed, cfg.deterministic)
+    data = prepare_data(cfg, fabric.device)
+    run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg, kind))
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise TeliError(f"run folder {run_dir} already exists: pick another --name, or pass --overwrite to replace it")
+        if not (run_dir / "config.yaml").is_file():
+            raise TeliError(f"--overwrite refused: {run_dir} is not a teli run folder (no config.yaml); remove it yourself")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    return Run(cfg, run_dir, data, fabric, MetricsLog(run_dir / "metrics.jsonl"))
+
+
+def _teacher_sources(cfg: RunConfig) -> list[Path] | None:
+    if cfg.teachers.from_files:
+        return [Path(p) for p in cfg.teachers.from_files]
+    if cfg.teachers.from_run:
+        return teacher_files(Path(cfg.teachers.from_run))
+    return None
+
+
+def stage_teachers(run: Run, sources: list[Path] | None) -> list[Teacher]:
+    """Load the given teacher files, or train `cfg.teachers.models` on the labelled set."""
+    start = time.perf_counter()
+    if sources:
+        teachers = [load_teacher(p, run.data, run.fabric.device) for p in sources]
+    else:
+        cfg = run.cfg
+        teachers = []
+        for i, spec in enumerate(cfg.teachers.models):
+            model = train_teacher(spec, run.data, cfg.teachers.optim, fabric=run.fabric, seed=cfg.seed * 1000 + i + 1,
+                                  stage=f"teacher{i + 1}", log=run.log, progress=cfg.progress)
+            teachers.append(Teacher(spec, model))
+    for i, teacher in enumerate(teachers):
+        teacher.model.eval().requires_grad_(False)
+        row = run.score(f"teacher {i + 1}", describe_arch(teacher.spec), teacher.model)
+        path = run.dir / "teachers" / f"teacher_{i + 1}.safetensors"
+        save_teacher(path, teacher, run.data, row["accuracy"])
+    run.wall["teachers"] = time.perf_counter() - start
+    return teachers
+
+
+def stage_cache(run: Run, teachers: list[Teacher]) -> torch.Tensor:
+    start = time.perf_counter()
+    logits = teacher_logits([t.model for t in teachers], run.data)
+    save_tensors(run.dir / "teacher_logits.safetensors", {"logits": logits})
+    run.wall["teacher_cache"] = time.perf_counter() - start
+    return logits
+
+
+def _student_meta(run: Run, kind: str, row: dict) -> dict:
+    return {"kind": kind, "arch": run.cfg.student.model.model_dump(), **data_signature(run.data), "test_accuracy": row["accuracy"]}
+
+
+def stage_student(run: Run, logits: torch.Tensor, name: str = "teli") -> nn.Module:
+    cfg = run.cfg
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)  # the same initial weights as the supervised-only student
+    model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
+    optim = cfg.student.optim
+    batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), cfg.student.unlabelled_batch_size, seed=cfg.seed)
+    algorithm = TeliStudent(model, logits, cfg.teli, batches.rng)
+    result = train(algorithm, batches, optim, fabric=run.fabric, stage=name, log=run.log, evaluate=run.evaluator(),
+                   progress=cfg.progress)
+    row = run.score(f"student (TELI-{cfg.teli.lambda_mode})", describe_arch(cfg.student.model), result.model)
+    save_model(run.dir / "student.safetensors", result.model, _student_meta(run, "student", row))
+    run.wall[name] = time.perf_counter() - start
+    return result.model
+
+
+def stage_baseline(run: Run) -> nn.Module:
+    """The supervised-only student: same architecture, initial weights and steps, labelled images only."""
+    cfg = run.cfg
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
+    optim = cfg.student.optim
+    batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), seed=cfg.seed)
+    result = train(Supervised(model), batches, optim, fabric=run.fabric, stage="supervised", log=run.log,
+                   evaluate=run.evaluator(), progress=cfg.progress)
+    row = run.score("student (supervised only)", describe_arch(cfg.student.model), result.model)
+    save_model(run.dir / "supervised.safetensors", result.model, _student_meta(run, "supervised", row))
+    run.wall["supervised"] = time.perf_counter() - start
+    return result.model
+
+
+def finish(run: Run, logits: torch.Tensor | None, started: float) -> dict:
+    cfg = run.cfg
+    run.wall["total"] = time.perf_counter() - started
+    summary = {
+        "run_dir": str(run.dir),
+        "dataset": cfg.data.dataset,
+        "labels_per_class": cfg.data.labels_per_class,
+        "seed": cfg.seed,
+        "lambda_mode": cfg.teli.lambda_mode,
+        "student_parameters": count_parameters(build_model(cfg.student.model, run.data.input_shape, run.data.num_classes)),
+        "models": run.models,
+        "wall_seconds": {k: round(v, 2) for k, v in run.wall.items()},
+    }
+    if logits is not None:
+        labels = pseudo_labels(logits, cfg.teli.temperature, cfg.teli.threshold, cfg.teli.use_mask)
+        summary["pseudo_labels"] = pseudo_label_diagnostics(labels, run.data.y_u_hidden)
+    atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2))
+    run.log.close()
+    return summary
+
+
+def run(cfg: RunConfig, overwrite: bool = False) -> dict:
+    """The whole pipeline: teachers, cache, TELI student and (if cfg.baseline) the supervised-only student."""
+    started = time.perf_counter()
+    sources = _teacher_sources(cfg)
+    r = open_run(cfg, f"teli-{cfg.teli.lambda_mode}", overwrite)
+    teachers = stage_teachers(r, sources)
+    logits = stage_cache(r, teachers)
+    if cfg.baseline:
+        stage_baseline(r)
+    stage_student(r, logits)
+    return finish(r, logits, started)
+
+
+def train_teachers(cfg: RunConfig, overwrite: bool = False) -> dict:
+    """Stage 1 alone: a run folder holding trained teachers for `distill --teachers RUN`."""
+    started = time.perf_counter()
+    r = open_run(cfg, "teachers", overwrite)
+    teachers = stage_teachers(r, None)
+    return finish(r, stage_cache(r, teachers), started)
+
+
+def config_of(run_dir: Path) -> RunConfig:
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise TeliError(f"{run_dir} is not a teli run folder (no config.yaml): give the folder `teli run` printed")
+    return build_config(yaml.safe_load(path.read_text()), source=str(path))
+
+
+def distill(cfg: RunConfig, teachers_run: Path, overwrite: bool = False) -> dict:
+    """Stages 2 and 3 with the teachers of an earlier run, on that run's data split."""
+    teachers_cfg = config_of(teachers_run)
+    data = teachers_cfg.data.model_copy(update={"split_seed": teachers_cfg.data.split_seed if teachers_cfg.data.split_seed is not None else teachers_cfg.seed})
+    teachers = cfg.teachers.model_copy(update={"from_run": str(teachers_run)})
+    return run(cfg.model_copy(update={"data": data, "teachers": teachers}), overwrite)
+
+
+def evaluate(run_dir: Path) -> dict:
+    """Re-score a finished run's saved models on the test set (and its pseudo-label diagnostics)."""
+    run_dir = Path(run_dir)
+    cfg = config_of(run_dir)
+    fabric = setup_fabric(cfg.accelerator, cfg.precision, cfg.threads, cfg.seed)
+    data = prepare_data(cfg, fabric.device)
+    r = Run(cfg, run_dir, data, fabric, MetricsLog(None))
+    started = time.perf_counter()
+    for i, path in enumerate(teacher_files(run_dir)):
+        teacher = load_teacher(path, data, fabric.device)
+        r.score(f"teacher {i + 1}", describe_arch(teacher.spec), teacher.model)
+    for file, name in [("supervised.safetensors", "student (supervised only)"), ("student.safetensors", f"student (TELI-{cfg.teli.lambda_mode})")]:
+        if (run_dir / file).is_file():
+            model = build_model(cfg.student.model, data.input_shape, data.num_classes).to(fabric.device)
+            load_model_state(run_dir / file, model)
+            r.score(name, describe_arch(cfg.student.model), model)
+    cache = run_dir / "teacher_logits.safetensors"
+    logits = load_tensors(cache)["logits"].to(fabric.device) if cache.is_file() else None
+    summary = {
+        "run_dir": str(run_dir), "dataset": cfg.data.dataset, "labels_per_class": cfg.data.labels_per_class,
+        "seed": cfg.seed, "lambda_mode": cfg.teli.lambda_mode, "models": r.models,
+        "wall_seconds": {"evaluate": round(time.perf_counter() - started, 2)},
+    }
+    if logits is not None:
+        labels = pseudo_labels(logits, cfg.teli.temperature, cfg.teli.threshold, cfg.teli.use_mask)
+        summary["pseudo_labels"] = pseudo_label_diagnostics(labels, data.y_u_hidden)
+    return summary
