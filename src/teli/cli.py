@@ -20,6 +20,7 @@ from teli.errors import TeliError
 
 # Shortcut flags -> dotted config keys.
 SHORTCUTS = {
+    "algorithm": "algorithm",
     "dataset": "data.dataset",
     "data_root": "data.data_root",
     "labels_per_class": "data.labels_per_class",
@@ -45,6 +46,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set teli.gamma=0.2 (repeatable; wins over --config)")
+    p.add_argument("--algorithm", help="student algorithm (default: teli)")
     p.add_argument("--dataset", help="dataset name (default: digits, embedded)")
     p.add_argument("--data-root", help="where datasets are stored")
     p.add_argument("-k", "--labels-per-class", type=int, help="labelled images per class")

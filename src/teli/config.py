@@ -98,6 +98,7 @@ class TeliConfig(Section):
 
 
 class RunConfig(Section):
+    algorithm: str = Field("teli", description="how the student learns (see teli.algorithms.ALGORITHMS)")
     seed: int = 0
     out_dir: str = "runs"
     name: str | None = None

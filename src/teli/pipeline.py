@@ -21,7 +21,7 @@ import yaml
 from lightning_fabric import Fabric
 from torch import nn
 
-from teli.algorithms import Supervised, TeliStudent
+from teli.algorithms import USES_UNLABELLED, Supervised, build_algorithm, check_algorithm
 from teli.checkpoint import atomic_write_text, load_model_state, load_tensors, save_model, save_tensors
 from teli.config import ModelConfig, RunConfig, build_config, to_yaml
 from teli.data import SSLBatches, SSLData, load_dataset, make_ssl_data, split_pool
@@ -132,17 +132,23 @@ def _student_meta(run: Run, kind: str, row: dict) -> dict:
     return {"kind": kind, "arch": run.cfg.student.model.model_dump(), **data_signature(run.data), "test_accuracy": row["accuracy"]}
 
 
-def stage_student(run: Run, logits: torch.Tensor, name: str = "teli") -> nn.Module:
+def student_label(cfg: RunConfig) -> str:
+    return f"student (TELI-{cfg.teli.lambda_mode})" if cfg.algorithm == "teli" else f"student ({cfg.algorithm})"
+
+
+def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
     cfg = run.cfg
+    name = cfg.algorithm
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)  # the same initial weights as the supervised-only student
     model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
     optim = cfg.student.optim
-    batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), cfg.student.unlabelled_batch_size, seed=cfg.seed)
-    algorithm = TeliStudent(model, logits, cfg.teli, batches.rng)
+    unlabelled = cfg.student.unlabelled_batch_size if name in USES_UNLABELLED else 0
+    batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), unlabelled, seed=cfg.seed)
+    algorithm = build_algorithm(name, model, logits, cfg, batches.rng)
     result = train(algorithm, batches, optim, fabric=run.fabric, stage=name, log=run.log, evaluate=run.evaluator(),
                    progress=cfg.progress)
-    row = run.score(f"student (TELI-{cfg.teli.lambda_mode})", describe_arch(cfg.student.model), result.model)
+    row = run.score(student_label(cfg), describe_arch(cfg.student.model), result.model)
     save_model(run.dir / "student.safetensors", result.model, _student_meta(run, "student", row))
     run.wall[name] = time.perf_counter() - start
     return result.model
@@ -188,8 +194,9 @@ def finish(run: Run, logits: torch.Tensor | None, started: float) -> dict:
 def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     """The whole pipeline: teachers, cache, TELI student and (if cfg.baseline) the supervised-only student."""
     started = time.perf_counter()
+    check_algorithm(cfg.algorithm)
     sources = _teacher_sources(cfg)
-    r = open_run(cfg, f"teli-{cfg.teli.lambda_mode}", overwrite)
+    r = open_run(cfg, f"teli-{cfg.teli.lambda_mode}" if cfg.algorithm == "teli" else cfg.algorithm, overwrite)
     teachers = stage_teachers(r, sources)
     logits = stage_cache(r, teachers)
     if cfg.baseline:
@@ -232,7 +239,7 @@ def evaluate(run_dir: Path) -> dict:
     for i, path in enumerate(teacher_files(run_dir)):
         teacher = load_teacher(path, data, fabric.device)
         r.score(f"teacher {i + 1}", describe_arch(teacher.spec), teacher.model)
-    for file, name in [("supervised.safetensors", "student (supervised only)"), ("student.safetensors", f"student (TELI-{cfg.teli.lambda_mode})")]:
+    for file, name in [("supervised.safetensors", "student (supervised only)"), ("student.safetensors", student_label(cfg))]:
         if (run_dir / file).is_file():
             model = build_model(cfg.student.model, data.input_shape, data.num_classes).to(fabric.device)
             load_model_state(run_dir / file, model)
