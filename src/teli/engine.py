@@ -29,12 +29,14 @@ from teli.errors import TeliError
 class StepContext:
     step: int
     lr: float  # the learning rate of this step (the meta-gradient's virtual step uses it)
+    backward: Callable[[torch.Tensor], None]  # precision-aware backward, for algorithms that need grads early
 
 
 @dataclass
 class StepOutput:
     loss: torch.Tensor
     logs: dict[str, torch.Tensor | float] = field(default_factory=dict)
+    backward_done: bool = False  # the algorithm already filled the model's .grad through ctx.backward
 
 
 class Algorithm(Protocol):
@@ -141,15 +143,16 @@ def train(algorithm: Algorithm, batches: Iterator[dict[str, torch.Tensor]], cfg:
         for step in range(1, cfg.steps + 1):
             batch = next(batches)
             model.train()
-            ctx = StepContext(step=step, lr=scheduler.get_last_lr()[0])
+            ctx = StepContext(step=step, lr=scheduler.get_last_lr()[0], backward=fabric.backward)
+            optimizer.zero_grad(set_to_none=True)
             with fabric.autocast():
                 out = algorithm.train_step(batch, ctx)
             if not torch.isfinite(out.loss):
                 bad = [k for k, v in out.logs.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
                 raise TeliError(f"{stage}: the loss became {out.loss.item()} at step {step}"
                                 f"{' (term: ' + ', '.join(bad) + ')' if bad else ''}: lower the learning rate or enable grad_clip")
-            optimizer.zero_grad(set_to_none=True)
-            fabric.backward(out.loss)
+            if not out.backward_done:
+                fabric.backward(out.loss)
             if cfg.grad_clip:
                 fabric.clip_gradients(model, optimizer, max_norm=cfg.grad_clip)
             optimizer.step()
