@@ -95,6 +95,13 @@ class TeliConfig(Section):
     lambda_per: Literal["batch", "sample"] = "batch"
     kd_weight: float = Field(0.0, ge=0, description="weight of soft-label distillation on confident images")
     kd_temperature: float = Field(4.0, gt=0)
+    meta_method: Literal["fast", "exact"] = Field("fast", description="lambda head's hypergradient: finite difference or second order")
+    meta_source: Literal["labelled", "val"] = Field("labelled", description="meta batch: the labelled batch or held-out labelled images")
+    meta_lr: float = Field(1e-3, gt=0, description="Adam learning rate of the lambda head")
+    meta_every: int = Field(1, ge=1, description="update the lambda head every k student steps (k > 1 trades head updates for speed)")
+    meta_hidden: int = Field(32, ge=1)
+    meta_dropout: float = Field(0.2, ge=0, lt=1)
+    meta_fd_eps: float = Field(1e-3, gt=0, description="finite-difference step along v/|v|")
 
 
 class RunConfig(Section):

@@ -145,7 +145,7 @@ def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
     optim = cfg.student.optim
     unlabelled = cfg.student.unlabelled_batch_size if name in USES_UNLABELLED else 0
     batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), unlabelled, seed=cfg.seed)
-    algorithm = build_algorithm(name, model, logits, cfg, batches.rng)
+    algorithm = build_algorithm(name, model, logits, cfg, batches.rng, run.data)
     result = train(algorithm, batches, optim, fabric=run.fabric, stage=name, log=run.log, evaluate=run.evaluator(),
                    progress=cfg.progress)
     row = run.score(student_label(cfg), describe_arch(cfg.student.model), result.model)

@@ -13,17 +13,31 @@ import numpy as np
 import torch
 from torch import nn
 
+from teli.algorithms.meta import MetaTeliStudent
 from teli.algorithms.supervised import Supervised
 from teli.algorithms.teli import TeliStudent
 from teli.config import RunConfig
+from teli.data import SSLData
 from teli.engine import Algorithm
 from teli.errors import TeliError
 
-Builder = Callable[[nn.Module, "torch.Tensor | None", RunConfig, np.random.Generator], Algorithm]
+Builder = Callable[[nn.Module, "torch.Tensor | None", RunConfig, np.random.Generator, SSLData], Algorithm]
+
+
+def build_teli(model: nn.Module, logits: torch.Tensor, cfg: RunConfig, rng: np.random.Generator, data: SSLData) -> Algorithm:
+    if cfg.teli.lambda_mode != "meta":
+        return TeliStudent(model, logits, cfg.teli, rng)
+    meta_set = None
+    if cfg.teli.meta_source == "val":
+        if len(data.x_val) == 0:
+            raise TeliError("teli.meta_source=val needs held-out labelled images: set data.val_per_class > 0")
+        meta_set = (data.prepare(data.x_val), data.y_val)
+    return MetaTeliStudent(model, logits, cfg.teli, rng, meta_set)
+
 
 ALGORITHMS: dict[str, Builder] = {
-    "teli": lambda model, logits, cfg, rng: TeliStudent(model, logits, cfg.teli, rng),
-    "supervised": lambda model, logits, cfg, rng: Supervised(model),
+    "teli": build_teli,
+    "supervised": lambda model, logits, cfg, rng, data: Supervised(model),
 }
 USES_UNLABELLED = {"teli"}
 USES_TEACHERS = {"teli"}
@@ -35,9 +49,9 @@ def check_algorithm(name: str) -> None:
 
 
 def build_algorithm(name: str, model: nn.Module, teacher_logits: torch.Tensor | None, cfg: RunConfig,
-                    rng: np.random.Generator) -> Algorithm:
+                    rng: np.random.Generator, data: SSLData) -> Algorithm:
     check_algorithm(name)
-    return ALGORITHMS[name](model, teacher_logits, cfg, rng)
+    return ALGORITHMS[name](model, teacher_logits, cfg, rng, data)
 
 
-__all__ = ["ALGORITHMS", "USES_TEACHERS", "USES_UNLABELLED", "Supervised", "TeliStudent", "build_algorithm", "check_algorithm"]
+__all__ = ["ALGORITHMS", "MetaTeliStudent", "USES_TEACHERS", "USES_UNLABELLED", "Supervised", "TeliStudent", "build_algorithm", "check_algorithm"]
