@@ -75,6 +75,11 @@ def build_parser() -> Parser:
     distill = sub.add_parser("distill", help="distil the teachers of an earlier run into a student")
     distill.add_argument("--teachers", required=True, help="run folder holding teachers/ (from `teli teachers` or `teli run`)")
     add_run_options(distill)
+    bench = sub.add_parser("bench", help="run a benchmark suite over seeds; write results.json and a markdown table")
+    bench.add_argument("--suite", default="digits", help="suite name (default: digits)")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    bench.add_argument("--out", default="bench-results", help="results folder (finished cells are reused)")
+    bench.add_argument("--json", action="store_true", help="print results.json instead of the table")
     evaluate = sub.add_parser("evaluate", help="re-score a finished run's models on the test set")
     evaluate.add_argument("run_dir", help="run folder")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of the table")
@@ -101,6 +106,10 @@ def dispatch(args: argparse.Namespace) -> dict:
 
     if args.command == "evaluate":
         return pipeline.evaluate(Path(args.run_dir))
+    if args.command == "bench":
+        from teli.bench import run_suite
+
+        return run_suite(args.suite, args.seeds, Path(args.out))
     cfg = config_from_args(args)
     if args.command == "run":
         return pipeline.run(cfg, overwrite=args.overwrite)
@@ -121,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     if args.json:
         print(json.dumps(summary, indent=2))
+    elif args.command == "bench":
+        from teli.bench import markdown_table
+
+        print(markdown_table(summary))
     else:
         from teli.report import print_summary
 

@@ -29,7 +29,7 @@ from teli.engine import MetricsLog, predict_logits, setup_fabric, train
 from teli.errors import TeliError
 from teli.labels import pseudo_labels
 from teli.models import build_model, count_parameters
-from teli.report import pseudo_label_diagnostics, test_scores
+from teli.report import lambda_diagnostics, pseudo_label_diagnostics, test_scores
 from teli.teachers import Teacher, data_signature, load_teacher, save_teacher, teacher_files, teacher_logits, train_teacher
 
 
@@ -57,6 +57,7 @@ class Run:
     log: MetricsLog
     wall: dict[str, float] = field(default_factory=dict)
     models: list[dict] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)  # algorithm-specific diagnostics for summary.json
 
     def score(self, name: str, arch: str, model: nn.Module) -> dict:
         row = {"name": name, "arch": arch, **test_scores(predict_logits(model, self.data.x_test, self.data.prepare), self.data.y_test)}
@@ -149,6 +150,11 @@ def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
     result = train(algorithm, batches, optim, fabric=run.fabric, stage=name, log=run.log, evaluate=run.evaluator(),
                    progress=cfg.progress)
     row = run.score(student_label(cfg), describe_arch(cfg.student.model), result.model)
+    if hasattr(algorithm, "head"):  # the meta-learned lambda head: its weights and skill on the pool
+        labels = algorithm.labels
+        save_model(run.dir / "lambda_head.safetensors", algorithm.head, {"kind": "lambda_head", **data_signature(run.data)})
+        hidden = run.data.y_u_hidden[labels.disagree] if run.data.y_u_hidden is not None else None
+        run.extra["lambda_head"] = lambda_diagnostics(algorithm.pool_weights()[labels.disagree], labels.preds[:, labels.disagree], hidden)
     save_model(run.dir / "student.safetensors", result.model, _student_meta(run, "student", row))
     run.wall[name] = time.perf_counter() - start
     return result.model
@@ -178,6 +184,7 @@ def finish(run: Run, logits: torch.Tensor | None, started: float) -> dict:
         "dataset": cfg.data.dataset,
         "labels_per_class": cfg.data.labels_per_class,
         "seed": cfg.seed,
+        "algorithm": cfg.algorithm,
         "lambda_mode": cfg.teli.lambda_mode,
         "student_parameters": count_parameters(build_model(cfg.student.model, run.data.input_shape, run.data.num_classes)),
         "models": run.models,
@@ -186,9 +193,20 @@ def finish(run: Run, logits: torch.Tensor | None, started: float) -> dict:
     if logits is not None:
         labels = pseudo_labels(logits, cfg.teli.temperature, cfg.teli.threshold, cfg.teli.use_mask)
         summary["pseudo_labels"] = pseudo_label_diagnostics(labels, run.data.y_u_hidden)
+    summary.update(run.extra)
+    summary["lambda_over_training"] = lambda_trace(run.dir / "metrics.jsonl", cfg.algorithm)
     atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2))
     run.log.close()
     return summary
+
+
+def lambda_trace(metrics: Path, stage: str) -> list[dict]:
+    """Mean and spread of lambda on disagreements per logging interval, from the metrics log."""
+    if not metrics.is_file():
+        return []
+    records = (json.loads(line) for line in metrics.read_text().splitlines() if line.strip())
+    return [{"step": r["step"], "mean": r["lambda_mean"], **({"std": r["lambda_std"]} if "lambda_std" in r else {})}
+            for r in records if r.get("stage") == stage and "lambda_mean" in r]
 
 
 def run(cfg: RunConfig, overwrite: bool = False) -> dict:

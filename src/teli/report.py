@@ -75,8 +75,44 @@ def print_summary(summary: dict) -> None:
             parts.append(f"pseudo-label acc on agree {_pct(diag['pseudo_accuracy_agree'])}")
             parts.append(f"on disagree: right {per_teacher}, any {_pct(diag['any_teacher_right_on_disagree'])}")
         console.print("pseudo-labels (hidden labels, diagnostics only): " + "; ".join(parts))
+    lam = summary.get("lambda_head")
+    if lam:
+        skill = (f"AUC {lam['auc_teacher1_right']:.3f} for 'teacher 1 right' on {lam['decisive_count']} decisive disagreements"
+                 if "auc_teacher1_right" in lam else
+                 f"largest weight on a right teacher {_pct(lam['argmax_weight_right'])}" if "argmax_weight_right" in lam else "")
+        console.print(f"lambda head on {lam['count']} disagreements: mean {lam['mean']:.2f}, std {lam['std']:.2f}"
+                      + (f"; {skill}" if skill else ""))
     if "wall_seconds" in summary:
         wall = summary["wall_seconds"]
         console.print("wall time: " + ", ".join(f"{k} {v:.1f}s" for k, v in wall.items()))
     if summary.get("run_dir"):
         console.print(f"run folder: {summary['run_dir']}")
+
+
+def lambda_diagnostics(weights: torch.Tensor, preds: torch.Tensor, y_hidden: torch.Tensor | None) -> dict:
+    """The head's weights on the pool's disagreements: distribution, and skill at picking the right teacher.
+
+    weights [D, N], preds [N, D], y_hidden [D]. Two teachers: AUC of lambda for "teacher 1 is right",
+    over the disagreements where exactly one of them is right (elsewhere lambda cannot matter).
+    N teachers: how often the largest weight is on a right teacher, where at least one is right.
+    """
+    lam = weights[:, 0].float().cpu()
+    hist = torch.histc(lam, bins=10, min=0, max=1)
+    out = {"count": int(len(lam)), "mean": float(lam.mean()) if len(lam) else math.nan,
+           "std": float(lam.std(unbiased=False)) if len(lam) else math.nan,
+           "histogram_0_to_1": [int(v) for v in hist.tolist()]}
+    if y_hidden is None or len(lam) == 0:
+        return out
+    right = (preds == y_hidden.to(preds.device)).cpu()
+    if right.shape[0] == 2:
+        decisive = right[0] ^ right[1]
+        if decisive.any() and right[0][decisive].any() and (~right[0][decisive]).any():
+            from sklearn.metrics import roc_auc_score
+
+            out["auc_teacher1_right"] = float(roc_auc_score(right[0][decisive].numpy(), lam[decisive].numpy()))
+        out["decisive_count"] = int(decisive.sum())
+    else:
+        some = right.any(dim=0)
+        picked = right[weights.argmax(dim=1).cpu(), torch.arange(right.shape[1])]
+        out["argmax_weight_right"] = _rate(picked, some)
+    return out
