@@ -62,7 +62,8 @@ class TeliStudent:
         return total
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> StepOutput:
-        x_l, y_l, x_u, idx_u = batch["x_l"], batch["y_l"], batch["x_u"], batch["idx_u"]
+        x_l, y_l, idx_u = batch["x_l"], batch["y_l"], batch["idx_u"]
+        x_u = batch.get("x_u_strong", batch["x_u"])  # the strong view when data.strong_augment is on
         logits = self.model(torch.cat([x_l, x_u]))  # one forward: BatchNorm sees both halves together
         logits_l, logits_u = logits[: len(x_l)], logits[len(x_l) :]
         loss_labelled = F.cross_entropy(logits_l, y_l)
