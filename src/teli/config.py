@@ -47,7 +47,8 @@ class DataConfig(Section):
         """The dataset's name in run names and summaries: `dataset`, or the user data's file or folder name."""
         if self.data is None:
             return self.dataset
-        return Path(self.data.partition(":")[2]).stem or self.data
+        kind, _, path = self.data.partition(":")
+        return (Path(path).stem if kind == "npz" else Path(path).name) or self.data
 
 
 class ModelConfig(Section):

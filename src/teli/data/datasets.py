@@ -153,7 +153,8 @@ def load_dataset(name: str, data_root: str = "data", download: bool = False, tes
         from teli.data.user_data import load_user_data
 
         arrays = load_user_data(source, data_root, resize, on_corrupt, cache)
-        ds = assemble(Path(source.partition(":")[2]).name or source, arrays, test_fraction)
+        kind, _, path = source.partition(":")
+        ds = assemble((Path(path).stem if kind == "npz" else Path(path).name) or source, arrays, test_fraction)
     elif name not in DATASETS:
         raise TeliError(f"unknown dataset '{name}': choose one of {', '.join(sorted(DATASETS))}, or --data folder:PATH | npz:PATH")
     else:
