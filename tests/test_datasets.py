@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import urllib.error
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,3 +133,25 @@ def test_channels_and_resize_adapt_a_dataset(tmp_path):
 def test_unknown_dataset(tmp_path):
     with pytest.raises(TeliError, match="unknown dataset 'cifar11'.*cifar10"):
         load_dataset("cifar11", str(tmp_path))
+
+
+PRESETS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_presets_validate_and_reach_the_data_step(preset, tmp_path, capsys):
+    from teli.config import load_config
+    from teli.models import build_model, count_parameters
+
+    cfg = load_config(preset)
+    assert f"{cfg.data.dataset}-{cfg.data.labels_per_class}" == preset.stem
+    shape = (1, 28, 28) if cfg.data.dataset == "fashion-mnist" else (3, 32, 32)
+    params = count_parameters(build_model(cfg.student.model, shape, 10))
+    assert 0.8e6 < params < 3e6 and len({m.arch for m in cfg.teachers.models}) >= 2
+    # valid config, no data under an empty data_root: the one-line missing-dataset error, exit 2
+    assert main(["run", "--config", str(preset), "--data-root", str(tmp_path), "--accelerator", "cpu", "--quiet"]) == 2
+    assert f"dataset '{cfg.data.dataset}' not found" in capsys.readouterr().err
+
+
+def test_presets_exist():
+    assert {p.stem for p in PRESETS} >= {"fashion-mnist-10", "fashion-mnist-100", "cifar10-4", "cifar10-25"}
