@@ -1,6 +1,8 @@
 """`teli` command line: a thin layer over teli.pipeline.
 
     teli run                       whole pipeline on the embedded default (digits, 5 labels/class)
+    teli run --dataset cifar10 --download    a torchvision dataset (fetched into --data-root)
+    teli run --data folder:PATH    your own images (PATH/train/<class>/*.png), or --data npz:FILE
     teli teachers                  train the teachers only
     teli distill --teachers RUN    distil the teachers of an earlier run into a student
     teli evaluate RUN              re-score a finished run on the test set
@@ -23,6 +25,8 @@ SHORTCUTS = {
     "algorithm": "algorithm",
     "dataset": "data.dataset",
     "data_root": "data.data_root",
+    "data": "data.data",
+    "resize": "data.resize",
     "labels_per_class": "data.labels_per_class",
     "seed": "seed",
     "lambda_mode": "teli.lambda_mode",
@@ -48,7 +52,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="override any config key, e.g. --set teli.gamma=0.2 (repeatable; wins over --config)")
     p.add_argument("--algorithm", help="student algorithm (default: teli)")
     p.add_argument("--dataset", help="dataset name (default: digits, embedded)")
-    p.add_argument("--data-root", help="where datasets are stored")
+    p.add_argument("--data", help="your own data instead of --dataset: folder:PATH (PATH/train/<class>/*.png) or npz:PATH")
+    p.add_argument("--data-root", help="where datasets are stored (default: data)")
+    p.add_argument("--download", action="store_true", help="fetch a missing dataset into --data-root (needs the network)")
+    p.add_argument("--resize", type=int, help="resize every image to NxN")
     p.add_argument("-k", "--labels-per-class", type=int, help="labelled images per class")
     p.add_argument("--seed", type=int)
     p.add_argument("--lambda", dest="lambda_mode", help="lambda mode: fixed | beta | meta")
@@ -94,6 +101,8 @@ def config_from_args(args: argparse.Namespace):
         value = getattr(args, flag, None)
         if value is not None:
             overrides[key] = value
+    if args.download:
+        overrides["data.download"] = True
     if args.no_baseline:
         overrides["baseline"] = False
     if args.quiet:

@@ -27,6 +27,28 @@ class DataConfig(Section):
     val_per_class: int = Field(0, ge=0, description="held-out labelled images per class (model selection / meta)")
     test_fraction: float = Field(0.3, gt=0, lt=1, description="test share for datasets without an official test split")
     split_seed: int | None = Field(None, description="seed of the labelled draw; None: the run's seed")
+    data: str | None = Field(None, description="your own data instead of `dataset`: folder:PATH or npz:PATH")
+    on_corrupt: Literal["skip", "error"] = Field("error", description="an unreadable image in folder data: stop, or skip and count")
+    resize: int | None = Field(None, ge=1, description="resize every image to resize x resize (needed for mixed sizes)")
+    channels: Literal[1, 3] | None = Field(None, description="convert to grey (1) or RGB (3); None: as stored")
+    hflip: bool | None = Field(None, description="is a horizontal flip label-preserving; None: the dataset's default")
+    strong_augment: bool = Field(False, description="RandAugment + cutout on the student's unlabelled input")
+    cache: bool = Field(True, description="cache decoded images under data_root/.teli-cache (folder data, Tiny-ImageNet)")
+
+    @field_validator("data")
+    @classmethod
+    def _source_form(cls, data: str | None) -> str | None:
+        if data is not None and (data.partition(":")[0] not in ("folder", "npz") or not data.partition(":")[2]):
+            raise ValueError("it must be folder:PATH or npz:PATH")
+        return data
+
+    @property
+    def label(self) -> str:
+        """The dataset's name in run names and summaries: `dataset`, or the user data's file or folder name."""
+        if self.data is None:
+            return self.dataset
+        kind, _, path = self.data.partition(":")
+        return (Path(path).stem if kind == "npz" else Path(path).name) or self.data
 
 
 class ModelConfig(Section):

@@ -35,7 +35,8 @@ from teli.teachers import Teacher, data_signature, load_teacher, save_teacher, t
 
 def prepare_data(cfg: RunConfig, device: torch.device | str = "cpu") -> SSLData:
     d = cfg.data
-    dataset = load_dataset(d.dataset, d.data_root, d.download, d.test_fraction)
+    dataset = load_dataset(d.dataset, d.data_root, d.download, d.test_fraction, source=d.data, resize=d.resize,
+                           channels=d.channels, on_corrupt=d.on_corrupt, hflip=d.hflip, cache=d.cache)
     split_seed = cfg.seed if d.split_seed is None else d.split_seed
     split = split_pool(dataset.y_train, dataset.num_classes, d.labels_per_class, d.val_per_class, split_seed)
     return make_ssl_data(dataset, split).to(device)
@@ -74,7 +75,7 @@ class Run:
 
 def default_run_name(cfg: RunConfig, kind: str) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    return f"{cfg.data.dataset}-k{cfg.data.labels_per_class}-{kind}-s{cfg.seed}-{stamp}"
+    return f"{cfg.data.label}-k{cfg.data.labels_per_class}-{kind}-s{cfg.seed}-{stamp}"
 
 
 def open_run(cfg: RunConfig, kind: str, overwrite: bool = False) -> Run:
@@ -145,7 +146,8 @@ def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
     model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
     optim = cfg.student.optim
     unlabelled = cfg.student.unlabelled_batch_size if name in USES_UNLABELLED else 0
-    batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), unlabelled, seed=cfg.seed)
+    batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), unlabelled, seed=cfg.seed,
+                         strong=cfg.data.strong_augment and unlabelled > 0)
     algorithm = build_algorithm(name, model, logits, cfg, batches.rng, run.data)
     result = train(algorithm, batches, optim, fabric=run.fabric, stage=name, log=run.log, evaluate=run.evaluator(),
                    progress=cfg.progress)
@@ -181,7 +183,7 @@ def finish(run: Run, logits: torch.Tensor | None, started: float) -> dict:
     run.wall["total"] = time.perf_counter() - started
     summary = {
         "run_dir": str(run.dir),
-        "dataset": cfg.data.dataset,
+        "dataset": cfg.data.label,
         "labels_per_class": cfg.data.labels_per_class,
         "seed": cfg.seed,
         "algorithm": cfg.algorithm,
@@ -265,7 +267,7 @@ def evaluate(run_dir: Path) -> dict:
     cache = run_dir / "teacher_logits.safetensors"
     logits = load_tensors(cache)["logits"].to(fabric.device) if cache.is_file() else None
     summary = {
-        "run_dir": str(run_dir), "dataset": cfg.data.dataset, "labels_per_class": cfg.data.labels_per_class,
+        "run_dir": str(run_dir), "dataset": cfg.data.label, "labels_per_class": cfg.data.labels_per_class,
         "seed": cfg.seed, "lambda_mode": cfg.teli.lambda_mode, "models": r.models,
         "wall_seconds": {"evaluate": round(time.perf_counter() - started, 2)},
     }

@@ -22,7 +22,7 @@ from teli.config import TeliConfig
 from teli.engine import StepContext, StepOutput
 from teli.hypergrad import exact_head_grad, fast_weight_grad, meta_loss_and_direction, trainable, virtual_step
 from teli.labels import pair_weights
-from teli.algorithms.teli import TeliStudent
+from teli.algorithms.teli import TeliStudent, student_view
 
 
 class LambdaHead(nn.Module):
@@ -78,7 +78,7 @@ class MetaTeliStudent(TeliStudent):
         disagreeing images. A plain forward of `self.model`, or a functional one with the given
         parameters and buffers."""
         x_l, y_l, idx_u = batch["x_l"], batch["y_l"], batch["idx_u"]
-        x = torch.cat([x_l, batch["x_u"]])
+        x = torch.cat([x_l, student_view(batch)])
         logits = self.model(x) if params_and_buffers is None else torch.func.functional_call(net, params_and_buffers, (x,))
         disagree = self.labels.disagree[idx_u]
         weights = torch.zeros(len(idx_u), self.num_teachers, dtype=weights_d.dtype, device=weights_d.device)
@@ -106,7 +106,7 @@ class MetaTeliStudent(TeliStudent):
         rows_d = len(batch["x_l"]) + disagree.nonzero().flatten()
         preds_d = self.labels.preds[:, batch["idx_u"]][:, disagree]
         grad_w = fast_weight_grad(net, {k: p.detach() for k, p in params.items()}, direction,
-                                  torch.cat([batch["x_l"], batch["x_u"]]), rows_d, logits[rows_d].detach(), preds_d,
+                                  torch.cat([batch["x_l"], student_view(batch)]), rows_d, logits[rows_d].detach(), preds_d,
                                   rng_state, lr, self.cfg.gamma, self.cfg.meta_fd_eps)
         grads = torch.autograd.grad(weights_d, head_params, grad_outputs=grad_w.to(weights_d.dtype), allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(head_params, grads)], meta_loss

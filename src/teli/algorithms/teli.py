@@ -23,6 +23,11 @@ from teli.engine import StepContext, StepOutput
 from teli.labels import interpolated_targets, kd_loss, masked_mean, pseudo_labels, sample_weights, soft_cross_entropy
 
 
+def student_view(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The student's unlabelled input: the strong view when data.strong_augment is on, else the weak one."""
+    return batch.get("x_u_strong", batch["x_u"])
+
+
 class TeliStudent:
     name = "teli"
 
@@ -62,7 +67,8 @@ class TeliStudent:
         return total
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> StepOutput:
-        x_l, y_l, x_u, idx_u = batch["x_l"], batch["y_l"], batch["x_u"], batch["idx_u"]
+        x_l, y_l, idx_u = batch["x_l"], batch["y_l"], batch["idx_u"]
+        x_u = student_view(batch)
         logits = self.model(torch.cat([x_l, x_u]))  # one forward: BatchNorm sees both halves together
         logits_l, logits_u = logits[: len(x_l)], logits[len(x_l) :]
         loss_labelled = F.cross_entropy(logits_l, y_l)

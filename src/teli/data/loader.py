@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from teli.data.augment import RandomBatches, default_pad, normalize, weak_augment
+from teli.data.augment import RandomBatches, default_pad, normalize, strong_augment, weak_augment
 from teli.data.datasets import ImageDataset
 from teli.data.split import Split
 
@@ -44,6 +44,10 @@ class SSLData:
     def weak(self, x_uint8: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         return weak_augment(self.prepare(x_uint8), self.pad, self.hflip, generator)
 
+    def strong(self, x_uint8: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """RandAugment-style ops and cutout on the uint8 images, then normalised, translated and flipped."""
+        return weak_augment(self.prepare(strong_augment(x_uint8, generator=generator)), self.pad, self.hflip, generator)
+
     def to(self, device: torch.device | str) -> "SSLData":
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in vars(self).items()}
         return SSLData(**moved)
@@ -68,11 +72,15 @@ class SSLBatches:
     """Endless training batches: weakly augmented labelled images, and (if asked) weakly augmented
     unlabelled images with their indices into the pool, so that cached teacher outputs can be looked up.
 
+    With `strong=True` the batch also holds `x_u_strong`: the same unlabelled images (same order as
+    `x_u` and `idx_u`), strongly augmented, for the student's unlabelled input.
+
     One seeded generator drives order and augmentation, so a run is reproducible from its seed.
     """
 
-    def __init__(self, data: SSLData, labelled_batch: int, unlabelled_batch: int = 0, seed: int = 0):
+    def __init__(self, data: SSLData, labelled_batch: int, unlabelled_batch: int = 0, seed: int = 0, strong: bool = False):
         self.data = data
+        self.strong = strong
         self.generator = torch.Generator().manual_seed(seed)
         self.aug_generator = torch.Generator(device=data.x_l.device).manual_seed(seed + 1)
         self.rng = np.random.default_rng(seed + 2)  # for algorithms' own draws (Beta lambda, ...)
@@ -89,5 +97,8 @@ class SSLBatches:
         if self.unlabelled is not None:
             idx_u = next(self.unlabelled).to(device)
             batch["idx_u"] = idx_u
-            batch["x_u"] = self.data.weak(self.data.x_u[idx_u], self.aug_generator)
+            x_u = self.data.x_u[idx_u]
+            batch["x_u"] = self.data.weak(x_u, self.aug_generator)
+            if self.strong:
+                batch["x_u_strong"] = self.data.strong(x_u, self.aug_generator)
         return batch

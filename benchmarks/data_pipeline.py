@@ -1,0 +1,94 @@
+"""The data pipeline's share of a TELI student step (goal: under 10 %).
+
+In one run, on the same batches: the data part (index the uint8 pool, weak augmentation of the
+labelled and unlabelled batch, strong augmentation of the unlabelled batch, normalisation) and the
+whole student step (that data part + TELI's forward, loss, backward and SGD update). The ratio is
+data / whole. Data: Fashion-MNIST from --data-root if it is there, else random 28x28 images of the
+same shape; teacher logits are random (the step only indexes them).
+
+Output on the 2-vCPU reference machine (torch 2.14.1, cpu, nothing else running), real Fashion-MNIST:
+
+    $ PYTHONPATH=src python benchmarks/data_pipeline.py --data-root /tmp/fm/data --steps 20 \
+          --batch 32 --unlabelled-batch 128 --width 32 --depth 2      # the default config's shapes
+    dataset fashion-mnist, batch 32 labelled + 128 unlabelled (weak + strong), student cnn(w32,d2), 1 thread(s), 20 steps, medians:
+      data pipeline (assembly + weak + strong aug):     7.6 ms/step
+      whole TELI student step:                        282.6 ms/step
+      data share: 2.7 %  (goal < 10 %: met)
+
+    $ PYTHONPATH=src python benchmarks/data_pipeline.py --data-root /tmp/fm/data --steps 5   # fashion-mnist presets' shapes
+    dataset fashion-mnist, batch 64 labelled + 256 unlabelled (weak + strong), student cnn(w64,d3), 1 thread(s), 5 steps, medians:
+      data pipeline (assembly + weak + strong aug):    12.1 ms/step
+      whole TELI student step:                       3146.0 ms/step
+      data share: 0.4 %  (goal < 10 %: met)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from teli.algorithms.teli import TeliStudent
+from teli.config import ModelConfig, TeliConfig
+from teli.data import SSLBatches, load_dataset, make_ssl_data, split_pool
+from teli.data.datasets import ImageDataset
+from teli.engine import StepContext, default_threads
+from teli.errors import TeliError
+from teli.models import build_model
+
+
+def dataset(data_root: str) -> ImageDataset:
+    try:
+        return load_dataset("fashion-mnist", data_root)
+    except TeliError:
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (60000, 1, 28, 28), dtype=torch.uint8, generator=g)
+        y = torch.arange(60000) % 10
+        return ImageDataset("random-28x28", x, y, x[:1000], y[:1000], 10, (0.5,), (0.25,), True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", default="data")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--unlabelled-batch", type=int, default=256)
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--depth", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    ds = dataset(args.data_root)
+    data = make_ssl_data(ds, split_pool(ds.y_train, ds.num_classes, 10, 0, seed=0))
+    model = build_model(ModelConfig(arch="cnn", width=args.width, depth=args.depth), data.input_shape, data.num_classes)
+    logits = torch.randn(2, len(data.x_u), data.num_classes, generator=torch.Generator().manual_seed(1)) * 3
+    student = TeliStudent(model, logits, TeliConfig(), np.random.default_rng(0))
+    optim = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, nesterov=True)
+    batches = SSLBatches(data, args.batch, args.unlabelled_batch, seed=0, strong=True)
+
+    data_s, step_s = [], []
+    for step in range(args.steps + 3):  # 3 warm-up steps, not counted
+        t0 = time.perf_counter()
+        batch = next(batches)
+        t1 = time.perf_counter()
+        optim.zero_grad(set_to_none=True)
+        out = student.train_step(batch, StepContext(step, 0.03))
+        out.loss.backward()
+        optim.step()
+        t2 = time.perf_counter()
+        if step >= 3:
+            data_s.append(t1 - t0)
+            step_s.append(t2 - t0)
+    d, s = float(np.median(data_s)), float(np.median(step_s))
+    print(f"dataset {ds.name}, batch {args.batch} labelled + {args.unlabelled_batch} unlabelled (weak + strong), "
+          f"student cnn(w{args.width},d{args.depth}), {threads} thread(s), {args.steps} steps, medians:")
+    print(f"  data pipeline (assembly + weak + strong aug): {1000 * d:7.1f} ms/step")
+    print(f"  whole TELI student step:                      {1000 * s:7.1f} ms/step")
+    print(f"  data share: {100 * d / s:.1f} %  (goal < 10 %: {'met' if d / s < 0.10 else 'NOT met'})")
+
+
+if __name__ == "__main__":
+    main()
