@@ -63,16 +63,27 @@ def toy_data(n: int = 24) -> SSLData:
 class ToyAlgorithm:
     name = "toy"
 
-    def __init__(self, model: nn.Module, nan_at: set[int] = frozenset()):
+    def __init__(self, model: nn.Module, nan_at: set[int] = frozenset(), extra: bool = False):
         self.model, self.nan_at = model, nan_at
+        if extra:  # trainable state of its own, as the meta-learned lambda head has
+            self.head = nn.Linear(3, 1)
+            self.extra_modules = {"head": self.head}
+            self.extra_optimizers = {"head": torch.optim.Adam(self.head.parameters(), lr=0.01)}
 
     def train_step(self, batch, ctx):
-        loss = F.cross_entropy(self.model(batch["x_l"]), batch["y_l"])
+        logits = self.model(batch["x_l"])
+        loss = F.cross_entropy(logits, batch["y_l"])
+        if hasattr(self, "head"):  # the head learns on its own; its output scales the model's loss
+            head_out = self.head(logits.detach()).sigmoid().mean()
+            self.extra_optimizers["head"].zero_grad()
+            (head_out - 0.9).pow(2).backward()
+            self.extra_optimizers["head"].step()
+            loss = loss * (1 + head_out.detach())
         bad = loss * float("nan") if ctx.step in self.nan_at else loss
         return StepOutput(bad, {"loss_labelled": loss.detach(), "loss_bad": bad.detach()})
 
 
-def toy_train(folder: Path | None, steps: int = 12, every: int = 5, nan_at=frozenset(), **optim):
+def toy_train(folder: Path | None, steps: int = 12, every: int = 5, nan_at=frozenset(), extra: bool = False, **optim):
     """Train the toy stage; returns (result, checkpoints)."""
     fabric = setup_fabric("cpu", threads=1, seed=0, deterministic=True)
     torch.manual_seed(0)
@@ -80,4 +91,7 @@ def toy_train(folder: Path | None, steps: int = 12, every: int = 5, nan_at=froze
     batches = SSLBatches(toy_data(), 8, seed=0)
     ckpt = StageCheckpoints(folder, "toy", every, 2, {"config": {"a": 1}, "data_digest": "d", "cache_digest": None}) if folder else None
     cfg = OptimConfig(steps=steps, batch_size=8, lr=0.05, **optim)
-    return train(ToyAlgorithm(model, set(nan_at)), batches, cfg, fabric=fabric, stage="toy", progress=False, checkpoints=ckpt), ckpt
+    algorithm = ToyAlgorithm(model, set(nan_at), extra)
+    result = train(algorithm, batches, cfg, fabric=fabric, stage="toy", progress=False, checkpoints=ckpt)
+    result.algorithm = algorithm
+    return result, ckpt

@@ -59,6 +59,18 @@ def test_signal_checkpoints_then_stops_and_resume_matches(tmp_path, monkeypatch)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored after training
 
 
+def test_algorithm_extra_modules_and_optimizers_are_resumed(tmp_path, monkeypatch):
+    ref, _ = toy_train(tmp_path / "ref", steps=12, every=5, extra=True, ema_decay=0.9)
+    crash_after(monkeypatch, "toy", 7)
+    with pytest.raises(Stop):
+        toy_train(tmp_path / "run", steps=12, every=5, extra=True, ema_decay=0.9)
+    resumed, _ = toy_train(tmp_path / "run", steps=12, every=5, extra=True, ema_decay=0.9)
+    for mine, theirs in [(resumed.model, ref.model), (resumed.algorithm.head, ref.algorithm.head)]:
+        assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
+    weights = load_file(tmp_path / "run" / "ckpt-000012" / "weights.safetensors")
+    assert "extra.head.weight" in weights and any(k.startswith("ema.") for k in weights)
+
+
 def _cli(capsys, *argv) -> tuple[int, str]:
     rc = main(list(argv))
     return rc, capsys.readouterr().err

@@ -198,6 +198,8 @@ class StageCheckpoints:
                 shutil.rmtree(f, ignore_errors=True)
         for tmp in self.folder.glob(".ckpt-*.tmp"):
             shutil.rmtree(tmp, ignore_errors=True)
+        for tmp in self.folder.glob(".latest.json.*.tmp"):  # a pointer write killed before its rename
+            tmp.unlink(missing_ok=True)
 
     def restore(self, state: TrainState, total: int) -> int:
         """Load the latest checkpoint into `state`; return its step (0 when there is none)."""
