@@ -6,11 +6,20 @@ checkpoint write (TELI_FAULT_SLEEP_IN_WRITE makes every atomic write pause betwe
 temporary file and renaming it; the kill lands in that pause), or anywhere. A trial is killed 1-3
 times, then allowed to finish. Where each kill actually landed is read back from the run folder.
 
-    PYTHONPATH=src python benchmarks/fault_injection.py            # 20 trials, 2 at a time
+    PYTHONPATH=src python benchmarks/fault_injection.py --workdir /tmp/fi20    # 20 trials, 2 at a time
 
-Output on the 2-vCPU reference machine (digits, teachers 40 steps, student 60, checkpoint every 10):
+Output on the 2-vCPU reference machine (digits, teachers 40 steps, student 60, checkpoint every 10;
+~11 minutes, almost all of it Python/torch start-up of the 2-4 launches per trial):
 
-    RESULT_PLACEHOLDER
+    reference run: 15.2s, accuracies [0.8889, 0.8537, 0.913, 0.9259]
+    trial  0 aim=teacher  kills=['teacher2', 'teacher2'] -> identical
+    trial  1 aim=student  kills=['teli'] -> identical
+    trial  2 aim=write    kills=['teacher1 (in checkpoint write)'] -> identical
+    ...
+    trial 18 aim=write    kills=['teacher1 (in checkpoint write)'] -> identical
+    trial 19 aim=anywhere kills=['startup', 'startup', 'startup'] -> identical
+    37 kills: 18 in a teacher stage, 11 in the student stage, 9 during a checkpoint write; 649s in all
+    survived 20/20
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ from teli.engine import MetricsLog, predict_logits, setup_fabric, train
 from teli.errors import TeliError
 from teli.labels import pseudo_labels
 from teli.models import build_model, count_parameters
-from teli.fingerprint import data_digest, tensor_digest
+from teli.fingerprint import config_digest, data_digest, tensor_digest
 from teli.report import pseudo_label_diagnostics, test_scores
 from teli.resume import StageCheckpoints
 from teli.rundir import create_run_dir, reopen_run_dir
@@ -67,7 +67,8 @@ class Run:
         """The checkpoints of one stage, fingerprinted with the config, the data and (students) the teacher cache."""
         if self._data_digest is None:
             self._data_digest = data_digest(self.data)
-        fingerprint = {"config": self.cfg.model_dump(mode="json"), "data_digest": self._data_digest,
+        tree = self.cfg.model_dump(mode="json")
+        fingerprint = {"config": tree, "config_digest": config_digest(tree), "data_digest": self._data_digest,
                        "cache_digest": tensor_digest(cache) if cache is not None else None}
         c = self.cfg.checkpoint
         return StageCheckpoints(self.dir / "checkpoints" / stage, stage, c.every, c.keep, fingerprint, self.allow_change)
