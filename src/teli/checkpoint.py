@@ -3,14 +3,21 @@
 Weights go in safetensors (plain tensors: loading one cannot run code); what they are (architecture,
 classes, input shape, dataset, accuracy) goes in a JSON sidecar beside them, checked before use.
 Files are written to a temporary name, flushed to disk and renamed, so a crash leaves either the old
-file or the new one.
+file or the new one. Training state that is not weights (optimizer, scheduler, RNG) is a torch file
+read only with `torch.load(weights_only=True)`: plain containers and tensors, never arbitrary objects.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import json
 import os
+import pickle
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -22,24 +29,49 @@ from torch import nn
 from teli.errors import TeliError
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+FAULT_SLEEP_ENV = "TELI_FAULT_SLEEP_IN_WRITE"  # test hook: seconds to pause between writing a file and renaming it
+
+
+def _fault_pause(path: Path) -> None:
+    seconds = float(os.environ.get(FAULT_SLEEP_ENV) or 0)
+    if seconds > 0:  # benchmarks/fault_injection.py kills the process here
+        print(f"teli-fault: pausing {seconds}s before renaming {path}", file=sys.stderr, flush=True)
+        time.sleep(seconds)
+
+
+def no_space_error(err: OSError, path: Path) -> TeliError | None:
+    if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return TeliError(f"no space left on the device while writing {path}: free space, then continue with "
+                         "`teli run --resume RUN` (the previous checkpoint is intact)")
+    return None
+
+
+def fsync_dir(folder: Path) -> None:
+    dir_fd = os.open(folder, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
+        os.fsync(dir_fd)  # make renames in the folder durable
     finally:
         os.close(dir_fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            _fault_pause(path)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        fsync_dir(path.parent)
+    except OSError as err:
+        raise (no_space_error(err, path) or err) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -104,3 +136,31 @@ def load_model_state(path: Path, model: nn.Module) -> None:
     except RuntimeError as err:
         raise TeliError(f"checkpoint {path} does not fit the model ({str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else err}): "
                         "check the architecture in its sidecar") from None
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def torch_state_bytes(state: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def load_torch_state(path: Path, data: bytes | None = None) -> dict:
+    """A torch file of plain values and tensors, loaded with weights_only=True: one that holds any other
+    object (a pickle that would run code) is refused, never executed."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes() if data is None else data
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise TeliError(f"checkpoint {path} holds objects other than tensors and plain values: refused, since loading "
+                        "it could run code (it was not written by teli)") from None
+    except (OSError, RuntimeError, EOFError, ValueError) as err:
+        raise TeliError(f"checkpoint {path} is corrupt or truncated ({str(err).splitlines()[0] if str(err) else type(err).__name__}): "
+                        "delete that checkpoint folder to fall back to an older one, or restart with --overwrite") from None
+    if not isinstance(state, dict):
+        raise TeliError(f"checkpoint {path} does not hold a state dictionary: it was not written by teli")
+    return state

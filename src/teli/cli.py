@@ -3,6 +3,7 @@
     teli run                       whole pipeline on the embedded default (digits, 5 labels/class)
     teli run --dataset cifar10 --download    a torchvision dataset (fetched into --data-root)
     teli run --data folder:PATH    your own images (PATH/train/<class>/*.png), or --data npz:FILE
+    teli run --resume RUN          continue an interrupted run (killed, or stopped by SIGTERM/SIGINT)
     teli teachers                  train the teachers only
     teli distill --teachers RUN    distil the teachers of an earlier run into a student
     teli evaluate RUN              re-score a finished run on the test set
@@ -15,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from teli.errors import TeliError
@@ -69,6 +72,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", help="32-true | bf16-mixed | 16-mixed (Lightning Fabric)")
     p.add_argument("--no-baseline", action="store_true", help="skip the supervised-only student")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder of the same name")
+    p.add_argument("--resume", metavar="RUN", help="continue this interrupted run folder with its own config: finished "
+                                                 "stages are loaded, the interrupted one continues from its checkpoint")
+    p.add_argument("--allow-change", dest="allow_change", action="append", default=[], metavar="KEY",
+                   help="with --resume: let a harmless setting differ from the run's config (e.g. '*.log_every', progress)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print summary.json instead of the table")
 
@@ -107,7 +114,27 @@ def config_from_args(args: argparse.Namespace):
         overrides["baseline"] = False
     if args.quiet:
         overrides["progress"] = False
+    if args.resume:  # the run's own config, under --config and the flags (which must then agree with it)
+        return resumed_config(Path(args.resume), args.config, overrides)
     return load_config(args.config, overrides)
+
+
+def resumed_config(run_dir: Path, config_file: str | None, overrides: dict):
+    from teli.config import build_config, read_yaml
+
+    saved = run_dir / "config.yaml"
+    tree = read_yaml(saved) if saved.is_file() else {}
+    if config_file:
+        tree = merge(tree, read_yaml(config_file))
+    overrides = {**overrides, "out_dir": str(run_dir.parent), "name": run_dir.name}
+    return build_config(tree, overrides, f"{saved} / command line")
+
+
+def merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def dispatch(args: argparse.Namespace) -> dict:
@@ -119,23 +146,34 @@ def dispatch(args: argparse.Namespace) -> dict:
         from teli.bench import run_suite
 
         return run_suite(args.suite, args.seeds, Path(args.out))
+    if args.resume and args.overwrite:
+        raise TeliError("--resume and --overwrite exclude each other: continue the run, or replace it")
+    if args.allow_change and not args.resume:
+        raise TeliError("--allow-change only applies with --resume RUN")
     cfg = config_from_args(args)
+    opts = {"overwrite": args.overwrite, "resume": Path(args.resume) if args.resume else None, "allow_change": args.allow_change}
     if args.command == "run":
-        return pipeline.run(cfg, overwrite=args.overwrite)
+        return pipeline.run(cfg, **opts)
     if args.command == "teachers":
-        return pipeline.train_teachers(cfg, overwrite=args.overwrite)
-    return pipeline.distill(cfg, Path(args.teachers), overwrite=args.overwrite)
+        return pipeline.train_teachers(cfg, **opts)
+    return pipeline.distill(cfg, Path(args.teachers), **opts)
+
+
+def _sigterm_as_interrupt(signum, frame):
+    raise KeyboardInterrupt  # outside training (which checkpoints first) SIGTERM ends like Ctrl-C: status 130
 
 
 def main(argv: list[str] | None = None) -> int:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         args = build_parser().parse_args(argv)
         summary = dispatch(args)
     except TeliError as err:
         print(f"teli: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("teli: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # teli.resume.Interrupted says where the checkpoint is
+        print(f"teli: interrupted{': ' + str(err) if str(err) else ''}", file=sys.stderr)
         return 130
     if args.json:
         print(json.dumps(summary, indent=2))

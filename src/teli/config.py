@@ -71,6 +71,8 @@ class OptimConfig(Section):
     ema_decay: float | None = Field(None, gt=0, lt=1)
     eval_every: int = Field(100, ge=1)
     log_every: int = Field(25, ge=1)
+    on_nonfinite: Literal["stop", "skip"] = Field("stop", description="a non-finite loss: stop (keep the last good "
+                                                   "checkpoint) or skip that step's update and count it")
 
     @field_validator("lr")
     @classmethod
@@ -126,6 +128,12 @@ class TeliConfig(Section):
     meta_fd_eps: float = Field(1e-3, gt=0, description="finite-difference step along v/|v|")
 
 
+class CheckpointConfig(Section):
+    every: int = Field(100, ge=0, description="resumable checkpoint every N steps of each stage (0: only at the end "
+                                              "of a stage and on SIGTERM/SIGINT)")
+    keep: int = Field(2, ge=1, description="checkpoints kept per stage (the newest)")
+
+
 class RunConfig(Section):
     algorithm: str = Field("teli", description="how the student learns (see teli.algorithms.ALGORITHMS)")
     seed: int = 0
@@ -141,6 +149,7 @@ class RunConfig(Section):
     teachers: TeachersConfig = Field(default_factory=TeachersConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     teli: TeliConfig = Field(default_factory=TeliConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
 
 # ---------------------------------------------------------------------------------------------

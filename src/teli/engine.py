@@ -3,7 +3,8 @@
 An algorithm is a small object that owns the model it trains and, given a batch, returns its loss
 and logs (USB's `train_step`). Everything else lives here once: the optimizer and its schedule,
 EMA, gradient clipping, precision and devices (Lightning Fabric), a non-finite guard, periodic
-evaluation, metrics and the progress bar.
+evaluation, metrics and the progress bar. Checkpoints and resuming are teli.resume's: the loop only
+asks it to restore state before the first step and offers it the state after each step.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from teli.config import OptimConfig
 from teli.errors import TeliError
+from teli.resume import StageCheckpoints, StopRequest, TrainState
 
 
 @dataclass
@@ -124,59 +126,85 @@ def _progress(total: int, label: str, enabled: bool):
 
 def train(algorithm: Algorithm, batches: Iterator[dict[str, torch.Tensor]], cfg: OptimConfig, *, fabric: Fabric,
           stage: str, log: MetricsLog | None = None, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-          progress: bool = True, extra_params: list[nn.Parameter] | None = None) -> TrainResult:
-    """Train `algorithm.model` for `cfg.steps` steps on `batches`."""
+          progress: bool = True, extra_params: list[nn.Parameter] | None = None,
+          checkpoints: StageCheckpoints | None = None) -> TrainResult:
+    """Train `algorithm.model` for `cfg.steps` steps on `batches`, continuing from `checkpoints` if they hold any."""
     log = log or MetricsLog(None)
     model = algorithm.model
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     scheduler = warmup_cosine(optimizer, cfg.warmup_steps, cfg.steps)
+    bare_optimizer = optimizer
     model, optimizer = fabric.setup(model, optimizer)
     algorithm.model = model
     ema = AveragedModel(model.module, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
 
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
+    # The running log sums and skipped-step count live in `meter`, so that a checkpoint carries them.
+    meter: dict = {"sums": {}, "counts": {}, "skipped": 0}
+    state = TrainState(model.module, bare_optimizer, scheduler, ema, algorithm, batches,
+                       getattr(fabric.strategy.precision, "scaler", None), meter)
+    first = checkpoints.restore(state, cfg.steps) + 1 if checkpoints else 1
+    if first > 1:
+        log.write({"stage": stage, "resumed_from_step": first - 1})
     last_logs: dict[str, float] = {}
     start = time.perf_counter()
     bar, task = _progress(cfg.steps, stage, progress)
-    with bar:
-        for step in range(1, cfg.steps + 1):
+    with bar, StopRequest() as stop:
+        bar.update(task, completed=first - 1)
+        for step in range(first, cfg.steps + 1):
             batch = next(batches)
             model.train()
             ctx = StepContext(step=step, lr=scheduler.get_last_lr()[0], backward=fabric.backward)
             optimizer.zero_grad(set_to_none=True)
             with fabric.autocast():
                 out = algorithm.train_step(batch, ctx)
-            if not torch.isfinite(out.loss):
-                bad = [k for k, v in out.logs.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
-                raise TeliError(f"{stage}: the loss became {out.loss.item()} at step {step}"
-                                f"{' (term: ' + ', '.join(bad) + ')' if bad else ''}: lower the learning rate or enable grad_clip")
-            if not out.backward_done:
-                fabric.backward(out.loss)
-            if cfg.grad_clip:
-                fabric.clip_gradients(model, optimizer, max_norm=cfg.grad_clip)
-            optimizer.step()
+            finite = bool(torch.isfinite(out.loss))
+            if not finite and cfg.on_nonfinite == "stop":
+                raise TeliError(nonfinite_message(stage, step, out, checkpoints))
+            if finite:
+                if not out.backward_done:
+                    fabric.backward(out.loss)
+                if cfg.grad_clip:
+                    fabric.clip_gradients(model, optimizer, max_norm=cfg.grad_clip)
+                optimizer.step()
+                if ema is not None:
+                    ema.update_parameters(model.module)
+                accumulate(meter, {"loss": out.loss, **out.logs})
+            else:
+                meter["skipped"] += 1  # on_nonfinite=skip: no update from this step
             scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model.module)
 
-            # Accumulate logs as tensors; convert (and so synchronise) only when writing them.
-            # A key may be absent in some steps (no disagreement in the batch): average per key.
-            for key, value in {"loss": out.loss, **out.logs}.items():
-                sums[key] = sums.get(key, 0.0) + torch.as_tensor(value, dtype=torch.float32).detach()
-                counts[key] = counts.get(key, 0) + 1
             if step % cfg.log_every == 0 or step == cfg.steps:
-                last_logs = {k: round(float(v) / counts[k], 6) for k, v in sums.items()}
-                log.write({"stage": stage, "step": step, "lr": ctx.lr, "seconds": round(time.perf_counter() - start, 3), **last_logs})
-                bar.update(task, status=f"loss {last_logs['loss']:.3f}")
-                sums, counts = {}, {}
+                last_logs = {k: round(float(v) / meter["counts"][k], 6) for k, v in meter["sums"].items()}
+                skipped = {"skipped_steps": meter["skipped"]} if meter["skipped"] else {}
+                log.write({"stage": stage, "step": step, "lr": ctx.lr, "seconds": round(time.perf_counter() - start, 3),
+                           **last_logs, **skipped})
+                bar.update(task, status=f"loss {last_logs['loss']:.3f}" if "loss" in last_logs else "skipped")
+                meter["sums"], meter["counts"] = {}, {}
             if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
                 scores = evaluate(ema.module if ema is not None else model.module)
                 log.write({"stage": stage, "step": step, "eval": scores})
+            if checkpoints is not None:
+                checkpoints.after_step(step, cfg.steps, state, stop.requested)
             bar.advance(task)
     final = ema.module if ema is not None else model.module
     algorithm.model = model.module
     return TrainResult(model=final, steps=cfg.steps, seconds=time.perf_counter() - start, last_logs=last_logs)
+
+
+def accumulate(meter: dict, logs: dict[str, torch.Tensor | float]) -> None:
+    """Add a step's logs to the running sums, as tensors (converted, and so synchronised, only when
+    written). A key may be absent in some steps (no disagreement in the batch): counts are per key."""
+    for key, value in logs.items():
+        meter["sums"][key] = meter["sums"].get(key, 0.0) + torch.as_tensor(value, dtype=torch.float32).detach()
+        meter["counts"][key] = meter["counts"].get(key, 0) + 1
+
+
+def nonfinite_message(stage: str, step: int, out: StepOutput, checkpoints: StageCheckpoints | None) -> str:
+    bad = [k for k, v in out.logs.items() if isinstance(v, torch.Tensor) and not torch.isfinite(v).all()]
+    found = checkpoints.latest() if checkpoints is not None else None
+    kept = f"; the last good checkpoint (step {found[0]}) is kept in {found[1]}" if found else ""
+    return (f"{stage}: the loss became {out.loss.item()} at step {step} (term: {', '.join(bad) or 'loss'}){kept}: "
+            "lower the learning rate or enable grad_clip, or set optim.on_nonfinite=skip")
 
 
 @torch.no_grad()

@@ -4,13 +4,13 @@
     plus a supervised-only student of the same architecture and budget for comparison.
 
 Everything that can be wrong with the input (config, data, teacher files) is checked before the run
-folder is created, so a refused run leaves nothing behind.
+folder is created, so a refused run leaves nothing behind. Every trained stage checkpoints into
+RUN/checkpoints/STAGE (teli.resume); `resume=RUN` loads finished stages and continues the interrupted one.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -29,7 +29,10 @@ from teli.engine import MetricsLog, predict_logits, setup_fabric, train
 from teli.errors import TeliError
 from teli.labels import pseudo_labels
 from teli.models import build_model, count_parameters
+from teli.fingerprint import config_digest, data_digest, tensor_digest
 from teli.report import lambda_diagnostics, pseudo_label_diagnostics, test_scores
+from teli.resume import StageCheckpoints
+from teli.rundir import create_run_dir, reopen_run_dir
 from teli.teachers import Teacher, data_signature, load_teacher, save_teacher, teacher_files, teacher_logits, train_teacher
 
 
@@ -59,6 +62,18 @@ class Run:
     wall: dict[str, float] = field(default_factory=dict)
     models: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # algorithm-specific diagnostics for summary.json
+    allow_change: list[str] = field(default_factory=list)
+    _data_digest: str | None = None
+
+    def checkpoints(self, stage: str, cache: torch.Tensor | None = None) -> StageCheckpoints:
+        """The checkpoints of one stage, fingerprinted with the config, the data and (students) the teacher cache."""
+        if self._data_digest is None:
+            self._data_digest = data_digest(self.data)
+        tree = self.cfg.model_dump(mode="json")
+        fingerprint = {"config": tree, "config_digest": config_digest(tree), "data_digest": self._data_digest,
+                       "cache_digest": tensor_digest(cache) if cache is not None else None}
+        c = self.cfg.checkpoint
+        return StageCheckpoints(self.dir / "checkpoints" / stage, stage, c.every, c.keep, fingerprint, self.allow_change)
 
     def score(self, name: str, arch: str, model: nn.Module) -> dict:
         row = {"name": name, "arch": arch, **test_scores(predict_logits(model, self.data.x_test, self.data.prepare), self.data.y_test)}
@@ -78,19 +93,15 @@ def default_run_name(cfg: RunConfig, kind: str) -> str:
     return f"{cfg.data.label}-k{cfg.data.labels_per_class}-{kind}-s{cfg.seed}-{stamp}"
 
 
-def open_run(cfg: RunConfig, kind: str, overwrite: bool = False) -> Run:
+def open_run(cfg: RunConfig, kind: str, overwrite: bool = False, resume: Path | None = None,
+             allow_change: list[str] | None = None) -> Run:
     fabric = setup_fabric(cfg.accelerator, cfg.precision, cfg.threads, cfg.seed, cfg.deterministic)
     data = prepare_data(cfg, fabric.device)
-    run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg, kind))
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise TeliError(f"run folder {run_dir} already exists: pick another --name, or pass --overwrite to replace it")
-        if not (run_dir / "config.yaml").is_file():
-            raise TeliError(f"--overwrite refused: {run_dir} is not a teli run folder (no config.yaml); remove it yourself")
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
-    return Run(cfg, run_dir, data, fabric, MetricsLog(run_dir / "metrics.jsonl"))
+    if resume is not None:
+        run_dir = reopen_run_dir(Path(resume), cfg, allow_change or [])
+    else:
+        run_dir = create_run_dir(Path(cfg.out_dir) / (cfg.name or default_run_name(cfg, kind)), cfg, overwrite)
+    return Run(cfg, run_dir, data, fabric, MetricsLog(run_dir / "metrics.jsonl"), allow_change=allow_change or [])
 
 
 def _teacher_sources(cfg: RunConfig) -> list[Path] | None:
@@ -111,7 +122,8 @@ def stage_teachers(run: Run, sources: list[Path] | None) -> list[Teacher]:
         teachers = []
         for i, spec in enumerate(cfg.teachers.models):
             model = train_teacher(spec, run.data, cfg.teachers.optim, fabric=run.fabric, seed=cfg.seed * 1000 + i + 1,
-                                  stage=f"teacher{i + 1}", log=run.log, progress=cfg.progress)
+                                  stage=f"teacher{i + 1}", log=run.log, progress=cfg.progress,
+                                  checkpoints=run.checkpoints(f"teacher{i + 1}"))
             teachers.append(Teacher(spec, model))
     for i, teacher in enumerate(teachers):
         teacher.model.eval().requires_grad_(False)
@@ -150,7 +162,7 @@ def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
                          strong=cfg.data.strong_augment and unlabelled > 0)
     algorithm = build_algorithm(name, model, logits, cfg, batches.rng, run.data)
     result = train(algorithm, batches, optim, fabric=run.fabric, stage=name, log=run.log, evaluate=run.evaluator(),
-                   progress=cfg.progress)
+                   progress=cfg.progress, checkpoints=run.checkpoints(name, cache=logits))
     row = run.score(student_label(cfg), describe_arch(cfg.student.model), result.model)
     if hasattr(algorithm, "head"):  # the meta-learned lambda head: its weights and skill on the pool
         labels = algorithm.labels
@@ -171,7 +183,7 @@ def stage_baseline(run: Run) -> nn.Module:
     optim = cfg.student.optim
     batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), seed=cfg.seed)
     result = train(Supervised(model), batches, optim, fabric=run.fabric, stage="supervised", log=run.log,
-                   evaluate=run.evaluator(), progress=cfg.progress)
+                   evaluate=run.evaluator(), progress=cfg.progress, checkpoints=run.checkpoints("supervised"))
     row = run.score("student (supervised only)", describe_arch(cfg.student.model), result.model)
     save_model(run.dir / "supervised.safetensors", result.model, _student_meta(run, "supervised", row))
     run.wall["supervised"] = time.perf_counter() - start
@@ -211,12 +223,14 @@ def lambda_trace(metrics: Path, stage: str) -> list[dict]:
             for r in records if r.get("stage") == stage and "lambda_mean" in r]
 
 
-def run(cfg: RunConfig, overwrite: bool = False) -> dict:
-    """The whole pipeline: teachers, cache, TELI student and (if cfg.baseline) the supervised-only student."""
+def run(cfg: RunConfig, overwrite: bool = False, resume: Path | None = None, allow_change: list[str] | None = None) -> dict:
+    """The whole pipeline: teachers, cache, TELI student and (if cfg.baseline) the supervised-only student.
+    With `resume`, continue that interrupted run folder (finished stages are loaded from their checkpoints)."""
     started = time.perf_counter()
     check_algorithm(cfg.algorithm)
     sources = _teacher_sources(cfg)
-    r = open_run(cfg, f"teli-{cfg.teli.lambda_mode}" if cfg.algorithm == "teli" else cfg.algorithm, overwrite)
+    kind = f"teli-{cfg.teli.lambda_mode}" if cfg.algorithm == "teli" else cfg.algorithm
+    r = open_run(cfg, kind, overwrite, resume, allow_change)
     teachers = stage_teachers(r, sources)
     logits = stage_cache(r, teachers)
     if cfg.baseline:
@@ -225,10 +239,11 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     return finish(r, logits, started)
 
 
-def train_teachers(cfg: RunConfig, overwrite: bool = False) -> dict:
+def train_teachers(cfg: RunConfig, overwrite: bool = False, resume: Path | None = None,
+                   allow_change: list[str] | None = None) -> dict:
     """Stage 1 alone: a run folder holding trained teachers for `distill --teachers RUN`."""
     started = time.perf_counter()
-    r = open_run(cfg, "teachers", overwrite)
+    r = open_run(cfg, "teachers", overwrite, resume, allow_change)
     teachers = stage_teachers(r, None)
     return finish(r, stage_cache(r, teachers), started)
 
@@ -240,12 +255,13 @@ def config_of(run_dir: Path) -> RunConfig:
     return build_config(yaml.safe_load(path.read_text()), source=str(path))
 
 
-def distill(cfg: RunConfig, teachers_run: Path, overwrite: bool = False) -> dict:
+def distill(cfg: RunConfig, teachers_run: Path, overwrite: bool = False, resume: Path | None = None,
+            allow_change: list[str] | None = None) -> dict:
     """Stages 2 and 3 with the teachers of an earlier run, on that run's data split."""
     teachers_cfg = config_of(teachers_run)
     data = teachers_cfg.data.model_copy(update={"split_seed": teachers_cfg.data.split_seed if teachers_cfg.data.split_seed is not None else teachers_cfg.seed})
     teachers = cfg.teachers.model_copy(update={"from_run": str(teachers_run)})
-    return run(cfg.model_copy(update={"data": data, "teachers": teachers}), overwrite)
+    return run(cfg.model_copy(update={"data": data, "teachers": teachers}), overwrite, resume, allow_change)
 
 
 def evaluate(run_dir: Path) -> dict:

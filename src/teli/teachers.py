@@ -31,11 +31,12 @@ def data_signature(data: SSLData) -> dict:
 
 
 def train_teacher(spec: ModelConfig, data: SSLData, optim: OptimConfig, *, fabric: Fabric, seed: int, stage: str,
-                  log: MetricsLog | None = None, progress: bool = True) -> nn.Module:
+                  log: MetricsLog | None = None, progress: bool = True, checkpoints=None) -> nn.Module:
     torch.manual_seed(seed)
     model = build_model(spec, data.input_shape, data.num_classes).to(fabric.device)
     batches = SSLBatches(data, min(optim.batch_size, len(data.x_l)), seed=seed)
-    return train(Supervised(model), batches, optim, fabric=fabric, stage=stage, log=log, progress=progress).model
+    return train(Supervised(model), batches, optim, fabric=fabric, stage=stage, log=log, progress=progress,
+                 checkpoints=checkpoints).model
 
 
 def save_teacher(path: Path, teacher: Teacher, data: SSLData, test_accuracy: float) -> None:
