@@ -28,7 +28,7 @@ from teli.data import SSLBatches, SSLData, load_dataset, make_ssl_data, split_po
 from teli.engine import MetricsLog, predict_logits, setup_fabric, train
 from teli.errors import TeliError
 from teli.labels import pseudo_labels
-from teli.models import build_model, count_parameters
+from teli.models import build_model, check_arch, count_parameters
 from teli.report import pseudo_label_diagnostics, test_scores
 from teli.teachers import Teacher, data_signature, load_teacher, save_teacher, teacher_files, teacher_logits, train_teacher
 
@@ -76,9 +76,19 @@ def default_run_name(cfg: RunConfig, kind: str) -> str:
     return f"{cfg.data.dataset}-k{cfg.data.labels_per_class}-{kind}-s{cfg.seed}-{stamp}"
 
 
-def open_run(cfg: RunConfig, kind: str, overwrite: bool = False) -> Run:
+def check_inputs(cfg: RunConfig, data: SSLData, sources: list[Path] | None) -> None:
+    """Refuse unknown architectures and teacher files that do not fit the data, before any training."""
+    specs = [cfg.student.model] + ([] if sources else list(cfg.teachers.models))
+    for spec in specs:
+        check_arch(spec.arch)
+    for path in sources or []:
+        load_teacher(path, data, "cpu")  # sidecar, data signature, architecture, readable weights that fit
+
+
+def open_run(cfg: RunConfig, kind: str, overwrite: bool = False, sources: list[Path] | None = None) -> Run:
     fabric = setup_fabric(cfg.accelerator, cfg.precision, cfg.threads, cfg.seed, cfg.deterministic)
     data = prepare_data(cfg, fabric.device)
+    check_inputs(cfg, data, sources)
     run_dir = Path(cfg.out_dir) / (cfg.name or default_run_name(cfg, kind))
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
@@ -196,7 +206,7 @@ def run(cfg: RunConfig, overwrite: bool = False) -> dict:
     started = time.perf_counter()
     check_algorithm(cfg.algorithm)
     sources = _teacher_sources(cfg)
-    r = open_run(cfg, f"teli-{cfg.teli.lambda_mode}" if cfg.algorithm == "teli" else cfg.algorithm, overwrite)
+    r = open_run(cfg, f"teli-{cfg.teli.lambda_mode}" if cfg.algorithm == "teli" else cfg.algorithm, overwrite, sources)
     teachers = stage_teachers(r, sources)
     logits = stage_cache(r, teachers)
     if cfg.baseline:
