@@ -145,3 +145,16 @@ def test_no_unsafe_torch_load_in_the_package():
             offenders.append(f"{file.relative_to(SRC)}: pickle.load")
     assert SRC.is_dir() and any(SRC.rglob("checkpoint.py"))
     assert not offenders, offenders
+
+
+def test_atomic_write_gives_files_the_usual_permissions(tmp_path):
+    """A temporary file is created owner-only (0600); the final file must honour the umask like open() does."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+        (tmp_path / "b.txt").write_text("x")
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == (tmp_path / "b.txt").stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
