@@ -79,7 +79,8 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"torch {torch.__version__}, {cores} usable cores, student {cfg.student.model.arch}"
           f"(w{cfg.student.model.width},d{cfg.student.model.depth}), labelled batch {cfg.student.optim.batch_size}, "
-          f"unlabelled batch {cfg.student.unlabelled_batch_size}, {args.repeats} x {args.steps} steps per setting")
+          f"unlabelled batch {cfg.student.unlabelled_batch_size}, {args.repeats} x {args.steps} steps per setting, "
+          f"load average before {os.getloadavg()[0]:.1f}")
     for kind in ["teli", "supervised"]:
         step = make_step(kind, data, cfg)
         times: dict[int, list[float]] = {1: [], 2: []}
@@ -90,6 +91,7 @@ def main() -> None:
         print(f"{kind:>10} step: 1 thread {1000 * med[1]:7.2f} ms, 2 threads {1000 * med[2]:7.2f} ms, "
               f"ratio t1/t2 = {med[1] / med[2]:.2f}  (spread 1t {1000 * min(times[1]):.1f}-{1000 * max(times[1]):.1f}, "
               f"2t {1000 * min(times[2]):.1f}-{1000 * max(times[2]):.1f} ms)")
+    print(f"load average after {os.getloadavg()[0]:.1f} (other processes on the same cores distort the 2-thread case most)")
 
 
 if __name__ == "__main__":

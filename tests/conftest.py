@@ -13,7 +13,7 @@ TINY = ["--set", "teachers.optim.steps=20", "--steps", "20", "--quiet", "--threa
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
+def _restore_threads():
     """Keep torch's thread count fixed across tests (setup_fabric changes it globally)."""
     before = torch.get_num_threads()
     yield

@@ -146,3 +146,17 @@ def test_full_default_run_teli_beats_supervised(tmp_path):
     assert code == 0, stderr
     acc = {m["name"]: m["accuracy"] for m in json.loads(stdout)["models"]}
     assert acc["student (TELI-beta)"] >= acc["student (supervised only)"], acc
+
+
+def test_python_api_with_the_supervised_algorithm(tiny_config):
+    from teli import pipeline
+
+    cfg = tiny_config.model_copy(update={"algorithm": "supervised", "baseline": False, "name": "api"})
+    summary = pipeline.run(cfg)
+    run_dir = Path(summary["run_dir"])
+    assert run_dir == Path(cfg.out_dir) / "api"
+    assert [m["name"] for m in summary["models"]] == ["teacher 1", "teacher 2", "student (supervised)"]
+    assert {r["stage"] for r in records(run_dir)} == {"teacher1", "teacher2", "supervised"}
+    last = records(run_dir)[-1]
+    assert last["step"] == 20 and "loss_normal" not in last  # no unlabelled terms
+    assert json.loads((run_dir / "student.json").read_text())["kind"] == "student"
