@@ -236,3 +236,24 @@ def test_console_script_uses_this_checkout():
     probe = subprocess.run([sys.executable, "-c", "import teli; print(teli.__file__)"], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(REPO / "src")}, check=True)
     assert Path(probe.stdout.strip()).resolve().is_relative_to(REPO / "src")
+
+
+def test_every_advertised_lambda_mode_runs_or_is_refused_cleanly(tmp_path, capsys):
+    """`--lambda fixed | beta | meta` (see --help): each either trains or fails with one clean line and no folder."""
+    from typing import get_args
+
+    from teli.config import TeliConfig
+
+    modes = get_args(TeliConfig.model_fields["lambda_mode"].annotation)
+    assert {"fixed", "beta", "meta"} <= set(modes)
+    for mode in modes:
+        out_dir = tmp_path / mode
+        try:
+            code, _, err = cli(capsys, "run", "--out", str(out_dir), "--name", "r", "--lambda", mode, "--no-baseline", "--json",
+                               "--set", "teachers.optim.steps=3", "--steps", "3", "--quiet", "--threads", "1")
+        except Exception as exc:  # noqa: BLE001 - a traceback is exactly the failure this test looks for
+            pytest.fail(f"--lambda {mode} raised {type(exc).__name__}: {exc}")
+        if code == 0:
+            assert (out_dir / "r" / "student.safetensors").is_file()
+        else:
+            assert_refused(code, err, out_dir, match="lambda")
