@@ -27,7 +27,7 @@ from teli.config import ModelConfig, RunConfig, build_config, to_yaml
 from teli.data import SSLBatches, SSLData, load_dataset, make_ssl_data, split_pool
 from teli.engine import MetricsLog, predict_logits, setup_fabric, train
 from teli.errors import TeliError
-from teli.labels import pseudo_labels
+from teli.labels import SAMPLED_LAMBDA_MODES, pseudo_labels
 from teli.models import build_model, check_arch, count_parameters
 from teli.report import pseudo_label_diagnostics, test_scores
 from teli.teachers import Teacher, data_signature, load_teacher, save_teacher, teacher_files, teacher_logits, train_teacher
@@ -78,6 +78,9 @@ def default_run_name(cfg: RunConfig, kind: str) -> str:
 
 def check_inputs(cfg: RunConfig, data: SSLData, sources: list[Path] | None) -> None:
     """Refuse unknown architectures and teacher files that do not fit the data, before any training."""
+    if cfg.algorithm == "teli" and cfg.teli.lambda_mode not in SAMPLED_LAMBDA_MODES:
+        raise TeliError(f"teli.lambda_mode={cfg.teli.lambda_mode} is not implemented in this version: "
+                        f"use {' or '.join(SAMPLED_LAMBDA_MODES)}")
     specs = [cfg.student.model] + ([] if sources else list(cfg.teachers.models))
     for spec in specs:
         check_arch(spec.arch)
