@@ -6,13 +6,24 @@ this measures whether that is right. It times, on digits, the default student (c
   * a supervised step: labelled batch 32, cross-entropy, backward, SGD.
 Thread counts alternate block by block (each block STEPS steps after WARMUP), REPEATS blocks each;
 the report is the median time per step and the ratio t(1 thread) / t(2 threads): above 1 means two
-threads are faster.
+threads are faster. The best-block ratio (fastest block of each) approximates an idle machine; the
+median shows what happens when other processes share the cores.
 
     PYTHONPATH=src python benchmarks/threads.py
 
-Output on the reference machine (2 vCPUs, torch 2.14.1, CPU only):
+Output on the reference machine (2 vCPUs, torch 2.14.1, CPU only), shared with other jobs
+(load average 2 on 2 cores):
 
-    <filled in below>
+    torch 2.14.1+cu130, 2 usable cores, student cnn(w32,d2), labelled batch 32, unlabelled batch 128, 7 x 20 steps per setting, load average before 2.0
+          teli step: 1 thread   23.89 ms, 2 threads   56.98 ms, ratio t1/t2 = 0.42  (spread 1t 23.5-25.4, 2t 18.3-258.1 ms; best-block ratio 1.29)
+    supervised step: 1 thread    5.83 ms, 2 threads    6.11 ms, ratio t1/t2 = 0.95  (spread 1t 5.7-8.7, 2t 3.9-440.5 ms; best-block ratio 1.46)
+    load average after 2.3 (other processes on the same cores distort the 2-thread case most)
+
+Reading: the fastest blocks show two threads ~1.3-1.5x faster when the cores are free, but as soon
+as anything else runs on them the 2-thread step degrades badly (up to 10-40x slower blocks; the
+median TELI step was 2.4x slower here, and 11x / 28x slower in two earlier runs at load averages 3.7
+and 6.2), while one thread stays within ~10 %. One thread is the robust default on <= 2 cores; on
+a dedicated idle 2-core machine `--threads 2` is faster.
 """
 
 from __future__ import annotations
@@ -90,7 +101,7 @@ def main() -> None:
         med = {t: statistics.median(v) for t, v in times.items()}
         print(f"{kind:>10} step: 1 thread {1000 * med[1]:7.2f} ms, 2 threads {1000 * med[2]:7.2f} ms, "
               f"ratio t1/t2 = {med[1] / med[2]:.2f}  (spread 1t {1000 * min(times[1]):.1f}-{1000 * max(times[1]):.1f}, "
-              f"2t {1000 * min(times[2]):.1f}-{1000 * max(times[2]):.1f} ms)")
+              f"2t {1000 * min(times[2]):.1f}-{1000 * max(times[2]):.1f} ms; best-block ratio {min(times[1]) / min(times[2]):.2f})")
     print(f"load average after {os.getloadavg()[0]:.1f} (other processes on the same cores distort the 2-thread case most)")
 
 
