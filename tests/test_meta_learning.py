@@ -3,8 +3,6 @@ disagreements follow a known rule; the head sees only their logits and the meta-
 
 from __future__ import annotations
 
-import numpy as np
-import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 

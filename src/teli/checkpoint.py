@@ -29,6 +29,12 @@ from torch import nn
 from teli.errors import TeliError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 FAULT_SLEEP_ENV = "TELI_FAULT_SLEEP_IN_WRITE"  # test hook: seconds to pause between writing a file and renaming it
 
 
@@ -60,6 +66,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; give it the mode open() would
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()

@@ -206,9 +206,22 @@ def read_yaml(path: str | Path) -> dict:
     return tree
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, section by section (values and lists replace, sections merge)."""
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
 def build_config(tree: dict | None = None, overrides: dict[str, Any] | None = None, source: str = "the config") -> RunConfig:
-    """Validate a config tree after applying dotted-key overrides (which win over the tree)."""
-    tree = dict(tree or {})
+    """Validate a config tree after applying dotted-key overrides (which win over the tree).
+
+    Both are applied on top of the default config, so setting one key of a section keeps the
+    section's other defaults (student.optim.steps alone must not reset student.optim.batch_size
+    to the bare OptimConfig default).
+    """
+    tree = _merge(RunConfig().model_dump(), tree or {})
     for key, value in (overrides or {}).items():
         set_dotted(tree, key, value)
     try:

@@ -31,7 +31,7 @@ from teli.resume import StageCheckpoints, StopRequest, TrainState
 class StepContext:
     step: int
     lr: float  # the learning rate of this step (the meta-gradient's virtual step uses it)
-    backward: Callable[[torch.Tensor], None]  # precision-aware backward, for algorithms that need grads early
+    backward: Callable[[torch.Tensor], None] = torch.Tensor.backward  # the engine passes Fabric's precision-aware one
 
 
 @dataclass

@@ -69,6 +69,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return values.sum() * 0.0
 
 
+
 def sample_weights(num_teachers: int, batch: int, mode: str, alpha: float, fixed: float, per: str,
                    rng: np.random.Generator) -> torch.Tensor:
     """Random or fixed simplex weights [B, N] over the teachers.

@@ -23,13 +23,13 @@ from torch import nn
 
 from teli.algorithms import USES_UNLABELLED, Supervised, build_algorithm, check_algorithm
 from teli.checkpoint import atomic_write_text, load_model_state, load_tensors, save_model, save_tensors
-from teli.config import ModelConfig, RunConfig, build_config, to_yaml
+from teli.config import ModelConfig, RunConfig, build_config
 from teli.data import SSLBatches, SSLData, load_dataset, make_ssl_data, split_pool
 from teli.engine import MetricsLog, predict_logits, setup_fabric, train
 from teli.errors import TeliError
-from teli.labels import pseudo_labels
-from teli.models import build_model, count_parameters
 from teli.fingerprint import config_digest, data_digest, tensor_digest
+from teli.labels import pseudo_labels
+from teli.models import build_model, check_arch, count_parameters
 from teli.report import lambda_diagnostics, pseudo_label_diagnostics, test_scores
 from teli.resume import StageCheckpoints
 from teli.rundir import create_run_dir, reopen_run_dir
@@ -93,10 +93,20 @@ def default_run_name(cfg: RunConfig, kind: str) -> str:
     return f"{cfg.data.label}-k{cfg.data.labels_per_class}-{kind}-s{cfg.seed}-{stamp}"
 
 
+def check_inputs(cfg: RunConfig, data: SSLData, sources: list[Path] | None) -> None:
+    """Refuse unknown architectures and teacher files that do not fit the data, before any training."""
+    specs = [cfg.student.model] + ([] if sources else list(cfg.teachers.models))
+    for spec in specs:
+        check_arch(spec.arch)
+    for path in sources or []:
+        load_teacher(path, data, "cpu")  # sidecar, data signature, architecture, readable weights that fit
+
+
 def open_run(cfg: RunConfig, kind: str, overwrite: bool = False, resume: Path | None = None,
-             allow_change: list[str] | None = None) -> Run:
+             allow_change: list[str] | None = None, sources: list[Path] | None = None) -> Run:
     fabric = setup_fabric(cfg.accelerator, cfg.precision, cfg.threads, cfg.seed, cfg.deterministic)
     data = prepare_data(cfg, fabric.device)
+    check_inputs(cfg, data, sources)
     if resume is not None:
         run_dir = reopen_run_dir(Path(resume), cfg, allow_change or [])
     else:
@@ -230,7 +240,7 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: Path | None = None, all
     check_algorithm(cfg.algorithm)
     sources = _teacher_sources(cfg)
     kind = f"teli-{cfg.teli.lambda_mode}" if cfg.algorithm == "teli" else cfg.algorithm
-    r = open_run(cfg, kind, overwrite, resume, allow_change)
+    r = open_run(cfg, kind, overwrite, resume, allow_change, sources)
     teachers = stage_teachers(r, sources)
     logits = stage_cache(r, teachers)
     if cfg.baseline:

@@ -149,10 +149,23 @@ def load_idx(name: str, root: Path, download: bool) -> dict:
 # CIFAR-10/100: python pickles
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR's batches are pickles; this unpickler builds only numpy arrays and plain containers, so a
+    planted file cannot run code (a plain pickle load would call whatever the file names)."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a dataset file")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
+            return _ArrayUnpickler(f, encoding="latin1").load()
     except Exception as err:  # noqa: BLE001
         raise _unreadable(path, err) from None
 

@@ -22,9 +22,13 @@ MODELS: dict[str, Builder] = {
 }
 
 
+def check_arch(name: str) -> None:
+    if name not in MODELS:
+        raise TeliError(f"unknown model '{name}': choose one of {', '.join(sorted(MODELS))}")
+
+
 def build_model(spec: ModelConfig, input_shape: tuple[int, int, int], num_classes: int) -> nn.Module:
-    if spec.arch not in MODELS:
-        raise TeliError(f"unknown model '{spec.arch}': choose one of {', '.join(sorted(MODELS))}")
+    check_arch(spec.arch)
     channels, height, _ = input_shape
     return MODELS[spec.arch](spec, channels, num_classes, height)
 
@@ -33,4 +37,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODELS", "build_model", "count_parameters"]
+__all__ = ["MODELS", "build_model", "check_arch", "count_parameters"]
