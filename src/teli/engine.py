@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -89,9 +90,9 @@ def setup_fabric(accelerator: str = "cpu", precision: str = "32-true", threads: 
 
 
 def default_threads() -> int:
-    """One torch thread: on this project's 2-vCPU reference machine two threads are no faster
-    (benchmarks/threads.py measures it); more cores get at most 8 so data work is not starved."""
-    import os
+    """One torch thread on <= 2 cores: on the 2-vCPU reference machine two threads gain 1.3-1.5x only
+    when nothing else runs and lose 2-28x as soon as something does (benchmarks/threads.py); more
+    cores get at most 8 so data work is not starved. `threads` in the config overrides it."""
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return 1 if cores <= 2 else min(8, cores)
