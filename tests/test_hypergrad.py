@@ -11,6 +11,7 @@ from torch.func import functional_call
 
 from teli.algorithms.meta import MetaTeliStudent
 from teli.config import ModelConfig, TeliConfig
+from teli.hypergrad import rng_snapshot
 from teli.models import build_model
 
 LR = 0.1
@@ -50,10 +51,10 @@ def head_grad(student, batch, lr):
     net.zero_grad()
     disagree = student.labels.disagree[batch["idx_u"]]
     weights_d = student.head(student.teacher_logits[:, batch["idx_u"][disagree]])
-    rng_state = torch.get_rng_state()
+    rng = rng_snapshot(batch["x_l"].device)
     logits, total, _, _ = student.losses(batch, weights_d.detach(), net)
     total.backward()
-    grads, _ = student.head_grads(batch, weights_d, logits, rng_state, lr)
+    grads, _ = student.head_grads(batch, weights_d, logits, rng, lr)
     return torch.cat([g.flatten() for g in grads])
 
 
@@ -119,3 +120,20 @@ def test_head_receives_a_nonzero_meta_gradient_and_moves():
     student.model.zero_grad()
     student.train_step(batch, StepContext(step=1, lr=LR, backward=lambda loss: loss.backward()))
     assert any(not torch.equal(b, p) for b, p in zip(before, student.head.parameters()))
+
+
+def test_fast_form_under_bf16_autocast_still_follows_the_exact_hypergradient():
+    """Mixed precision cannot resolve the finite difference against the real (bf16) forward, so the
+    fast form switches to a float32 central difference; it must still point where the exact one does."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="cnn", width=16, depth=2), (1, 8, 8), 10)
+    teacher_logits = torch.randn(2, 64, 10) * 3
+    batch = {"x_l": torch.randn(32, 1, 8, 8), "y_l": torch.randint(0, 10, (32,)),
+             "x_u": torch.randn(64, 1, 8, 8), "idx_u": torch.arange(64)}
+    fast = make_student(model, teacher_logits, "fast")
+    exact = make_student(model, teacher_logits, "exact")
+    exact.head.load_state_dict(fast.head.state_dict())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g_fast = head_grad(fast, batch, LR)
+    g_exact = head_grad(exact, batch, LR)
+    assert F.cosine_similarity(g_fast.float(), g_exact, dim=0).item() > 0.95

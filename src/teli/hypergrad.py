@@ -54,30 +54,49 @@ def meta_loss_and_direction(model: nn.Module, params_virtual: dict[str, torch.Te
 
 def per_teacher_losses(logits: torch.Tensor, preds: torch.Tensor) -> torch.Tensor:
     """[N, B]: CE of the student's logits [B, C] against each teacher's label preds [N, B]."""
-    logp = F.log_softmax(logits, dim=-1)
+    logp = F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
     return -logp.gather(1, preds.t()).t()
+
+
+def rng_snapshot(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The RNG state(s) a forward on `device` draws dropout from, to replay the same draws later."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
+
+
+def _forward_replaying(model: nn.Module, params_and_buffers: dict, x: torch.Tensor, rng: tuple) -> torch.Tensor:
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        torch.set_rng_state(rng[0])
+        if rng[1] is not None:
+            torch.cuda.set_rng_state(rng[1], x.device)
+        return functional_call(model, params_and_buffers, (x,))
 
 
 @torch.no_grad()
 def fast_weight_grad(model: nn.Module, params: dict[str, torch.Tensor], direction: dict[str, torch.Tensor],
-                     x: torch.Tensor, rows_d: torch.Tensor, base_logits_d: torch.Tensor, preds_d: torch.Tensor,
-                     rng_state: torch.Tensor, lr: float, gamma: float, eps: float = 1e-3) -> torch.Tensor:
-    """dL_meta/dw [|D|, N] by a forward finite difference along v.
+                     x: torch.Tensor, rows_d: torch.Tensor, base_logits_d: torch.Tensor | None, preds_d: torch.Tensor,
+                     rng: tuple, lr: float, gamma: float, eps: float = 1e-3) -> torch.Tensor:
+    """dL_meta/dw [|D|, N] by a finite difference along v.
 
-    The base point is the real step's own forward (`base_logits_d`: its logits for the disagreeing
-    rows `rows_d` of the batch `x`), so one extra forward of the same batch suffices: in train mode,
-    with the same dropout draws (`rng_state`), on copies of the buffers. The whole batch goes
-    through it because BatchNorm's batch statistics depend on theta too.
+    With `base_logits_d` (the real step's own logits for the disagreeing rows `rows_d` of the batch
+    `x`), one extra forward at theta + h*v suffices: in train mode, replaying the real forward's
+    dropout draws (`rng`), on copies of the buffers. The whole batch goes through it because
+    BatchNorm's batch statistics depend on theta too. Without it (mixed precision: a low-precision
+    forward cannot resolve a 1e-3 step), a central difference of two float32 forwards.
     """
-    norm = torch.sqrt(sum((v**2).sum() for v in direction.values()))
+    norm = torch.sqrt(sum((v.float() ** 2).sum() for v in direction.values()))
     if norm == 0:
-        return torch.zeros(len(rows_d), preds_d.shape[0], dtype=base_logits_d.dtype, device=x.device)
+        return torch.zeros(len(rows_d), preds_d.shape[0], device=x.device)
     h = eps / norm
-    shifted = {k: p + h * direction[k] for k, p in params.items()}
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.set_rng_state(rng_state)
-        logits_d = functional_call(model, {**shifted, **buffer_copies(model)}, (x,))[rows_d]
-    directional = (per_teacher_losses(logits_d, preds_d) - per_teacher_losses(base_logits_d, preds_d)) / h  # [N, |D|]
+
+    def losses_at(step: float) -> torch.Tensor:
+        shifted = {k: p + step * direction[k] for k, p in params.items()}
+        return per_teacher_losses(_forward_replaying(model, {**shifted, **buffer_copies(model)}, x, rng)[rows_d], preds_d)
+
+    if base_logits_d is not None:
+        directional = (losses_at(h) - per_teacher_losses(base_logits_d, preds_d)) / h  # [N, |D|]
+    else:
+        with torch.autocast(x.device.type, enabled=False):
+            directional = (losses_at(h) - losses_at(-h)) / (2 * h)
     return (-lr * gamma / len(rows_d)) * directional.t()
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from teli.config import TeliConfig
 from teli.engine import StepContext, StepOutput
-from teli.hypergrad import exact_head_grad, fast_weight_grad, meta_loss_and_direction, trainable, virtual_step
+from teli.hypergrad import exact_head_grad, fast_weight_grad, meta_loss_and_direction, rng_snapshot, trainable, virtual_step
 from teli.labels import pair_weights
 from teli.algorithms.teli import TeliStudent, student_view
 
@@ -88,7 +88,7 @@ class MetaTeliStudent(TeliStudent):
         return logits, self.total_loss(loss_labelled, terms), loss_labelled, terms
 
     def head_grads(self, batch: dict[str, torch.Tensor], weights_d: torch.Tensor, logits: torch.Tensor,
-                   rng_state: torch.Tensor, lr: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+                   rng: tuple, lr: float) -> tuple[list[torch.Tensor], torch.Tensor]:
         """d L_meta(theta - lr * grad L_total) / d phi for the head's parameters, by `cfg.meta_method`.
 
         The fast form needs the student's .grad to hold grad L_total(theta) (the real step's backward),
@@ -105,9 +105,11 @@ class MetaTeliStudent(TeliStudent):
         disagree = self.labels.disagree[batch["idx_u"]]
         rows_d = len(batch["x_l"]) + disagree.nonzero().flatten()
         preds_d = self.labels.preds[:, batch["idx_u"]][:, disagree]
-        grad_w = fast_weight_grad(net, {k: p.detach() for k, p in params.items()}, direction,
-                                  torch.cat([batch["x_l"], student_view(batch)]), rows_d, logits[rows_d].detach(), preds_d,
-                                  rng_state, lr, self.cfg.gamma, self.cfg.meta_fd_eps)
+        x = torch.cat([batch["x_l"], student_view(batch)])
+        mixed = torch.is_autocast_enabled(x.device.type)  # then the real forward's logits are too coarse a base
+        grad_w = fast_weight_grad(net, {k: p.detach() for k, p in params.items()}, direction, x, rows_d,
+                                  None if mixed else logits[rows_d].detach(), preds_d, rng, lr, self.cfg.gamma,
+                                  self.cfg.meta_fd_eps)
         grads = torch.autograd.grad(weights_d, head_params, grad_outputs=grad_w.to(weights_d.dtype), allow_unused=True)
         return [torch.zeros_like(p) if g is None else g for p, g in zip(head_params, grads)], meta_loss
 
@@ -116,14 +118,14 @@ class MetaTeliStudent(TeliStudent):
         idx_u = batch["idx_u"]
         disagree = self.labels.disagree[idx_u]
         weights_d = self.head(self.teacher_logits[:, idx_u[disagree]])  # [|D|, N], keeps its graph to the head
-        rng_state = torch.get_rng_state()
+        rng = rng_snapshot(batch["x_l"].device)
         logits, total, loss_labelled, terms = self.losses(batch, weights_d.detach(), net)
         ctx.backward(total)  # g = grad L_total: the real step's gradient, and the virtual step's
 
         logs = {"loss_labelled": loss_labelled.detach(), **{k: v.detach() for k, v in terms.items()},
                 "frac_agree": self.labels.agree[idx_u].float().mean(), "frac_disagree": disagree.float().mean()}
         if len(weights_d) and self.cfg.gamma > 0 and ctx.step % self.cfg.meta_every == 0:
-            grads, meta_loss = self.head_grads(batch, weights_d, logits, rng_state, ctx.lr)
+            grads, meta_loss = self.head_grads(batch, weights_d, logits, rng, ctx.lr)
             for p, g in zip(self.head.parameters(), grads):
                 p.grad = g
             self.head_optimizer.step()
