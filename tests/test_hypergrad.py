@@ -91,7 +91,8 @@ def test_hypergradient_matches_finite_difference_of_the_bilevel_objective(method
     assert abs(predicted - numeric) / abs(numeric) < 1e-3, (predicted, numeric)
 
 
-def test_fast_and_exact_agree_on_the_small_cnn_with_batchnorm():
+def small_cnn_problem():
+    """A small BatchNorm CNN on digit-sized inputs, and a fast and an exact student sharing one head."""
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch="cnn", width=16, depth=2), (1, 8, 8), 10)
     teacher_logits = torch.randn(2, 64, 10) * 3
@@ -100,6 +101,11 @@ def test_fast_and_exact_agree_on_the_small_cnn_with_batchnorm():
     fast = make_student(model, teacher_logits, "fast")
     exact = make_student(model, teacher_logits, "exact")
     exact.head.load_state_dict(fast.head.state_dict())
+    return model, fast, exact, batch
+
+
+def test_fast_and_exact_agree_on_the_small_cnn_with_batchnorm():
+    model, fast, exact, batch = small_cnn_problem()
     running = {k: v.clone() for k, v in model.state_dict().items()}
     g_fast, g_exact = head_grad(fast, batch, LR), head_grad(exact, batch, LR)
     cosine = F.cosine_similarity(g_fast, g_exact, dim=0).item()
@@ -125,14 +131,7 @@ def test_head_receives_a_nonzero_meta_gradient_and_moves():
 def test_fast_form_under_bf16_autocast_still_follows_the_exact_hypergradient():
     """Mixed precision cannot resolve the finite difference against the real (bf16) forward, so the
     fast form switches to a float32 central difference; it must still point where the exact one does."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="cnn", width=16, depth=2), (1, 8, 8), 10)
-    teacher_logits = torch.randn(2, 64, 10) * 3
-    batch = {"x_l": torch.randn(32, 1, 8, 8), "y_l": torch.randint(0, 10, (32,)),
-             "x_u": torch.randn(64, 1, 8, 8), "idx_u": torch.arange(64)}
-    fast = make_student(model, teacher_logits, "fast")
-    exact = make_student(model, teacher_logits, "exact")
-    exact.head.load_state_dict(fast.head.state_dict())
+    model, fast, exact, batch = small_cnn_problem()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         g_fast = head_grad(fast, batch, LR)
     g_exact = head_grad(exact, batch, LR)
