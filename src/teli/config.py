@@ -16,7 +16,8 @@ from teli.errors import TeliError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a bound like gt=0 lets inf through (tau = inf makes every pseudo-label uniform)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class DataConfig(Section):
@@ -62,7 +63,7 @@ class OptimConfig(Section):
     steps: int = Field(500, ge=1)
     batch_size: int = Field(64, ge=1)
     optimizer: Literal["sgd", "adamw"] = "sgd"
-    lr: float = 0.03
+    lr: float = Field(0.03, allow_inf_nan=True)  # non-finite: refused by _positive_lr, with its own message
     momentum: float = Field(0.9, ge=0, lt=1)
     nesterov: bool = True
     weight_decay: float = Field(5e-4, ge=0)

@@ -122,6 +122,16 @@ def _teacher_sources(cfg: RunConfig) -> list[Path] | None:
     return None
 
 
+def labelled_batch(run: Run, stage: str, batch_size: int) -> int:
+    """The labelled batch a stage draws: the configured size, clamped to the labelled set's size.
+
+    A batch larger than the labelled set is not an error: each step then draws the whole labelled set.
+    The config keeps what was asked; summary.json's `labelled_batch` records what each stage used."""
+    size = min(batch_size, len(run.data.x_l))
+    run.extra.setdefault("labelled_batch", {})[stage] = size
+    return size
+
+
 def stage_teachers(run: Run, sources: list[Path] | None) -> list[Teacher]:
     """Load the given teacher files, or train `cfg.teachers.models` on the labelled set."""
     start = time.perf_counter()
@@ -131,6 +141,7 @@ def stage_teachers(run: Run, sources: list[Path] | None) -> list[Teacher]:
         cfg = run.cfg
         teachers = []
         for i, spec in enumerate(cfg.teachers.models):
+            labelled_batch(run, f"teacher{i + 1}", cfg.teachers.optim.batch_size)  # train_teacher clamps alike
             model = train_teacher(spec, run.data, cfg.teachers.optim, fabric=run.fabric, seed=cfg.seed * 1000 + i + 1,
                                   stage=f"teacher{i + 1}", log=run.log, progress=cfg.progress,
                                   checkpoints=run.checkpoints(f"teacher{i + 1}"))
@@ -168,7 +179,7 @@ def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
     model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
     optim = cfg.student.optim
     unlabelled = cfg.student.unlabelled_batch_size if name in USES_UNLABELLED else 0
-    batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), unlabelled, seed=cfg.seed,
+    batches = SSLBatches(run.data, labelled_batch(run, name, optim.batch_size), unlabelled, seed=cfg.seed,
                          strong=cfg.data.strong_augment and unlabelled > 0)
     algorithm = build_algorithm(name, model, logits, cfg, batches.rng, run.data)
     result = train(algorithm, batches, optim, fabric=run.fabric, stage=name, log=run.log, evaluate=run.evaluator(),
@@ -191,7 +202,7 @@ def stage_baseline(run: Run) -> nn.Module:
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
     optim = cfg.student.optim
-    batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), seed=cfg.seed)
+    batches = SSLBatches(run.data, labelled_batch(run, "supervised", optim.batch_size), seed=cfg.seed)
     result = train(Supervised(model), batches, optim, fabric=run.fabric, stage="supervised", log=run.log,
                    evaluate=run.evaluator(), progress=cfg.progress, checkpoints=run.checkpoints("supervised"))
     row = run.score("student (supervised only)", describe_arch(cfg.student.model), result.model)
