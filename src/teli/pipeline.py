@@ -21,7 +21,7 @@ import yaml
 from lightning_fabric import Fabric
 from torch import nn
 
-from teli.algorithms import USES_UNLABELLED, Supervised, build_algorithm, check_algorithm
+from teli.algorithms import USES_STRONG, USES_TEACHERS, USES_UNLABELLED, Supervised, build_algorithm, check_algorithm
 from teli.checkpoint import atomic_write_text, load_model_state, load_tensors, save_model, save_tensors
 from teli.config import ModelConfig, RunConfig, build_config
 from teli.data import SSLBatches, SSLData, load_dataset, make_ssl_data, split_pool
@@ -160,16 +160,25 @@ def student_label(cfg: RunConfig) -> str:
     return f"student (TELI-{cfg.teli.lambda_mode})" if cfg.algorithm == "teli" else f"student ({cfg.algorithm})"
 
 
+def student_optim(cfg: RunConfig):
+    """The student's optimizer settings; FixMatch evaluates an EMA of its student (baselines.fixmatch_ema)
+    unless student.optim.ema_decay says otherwise."""
+    optim = cfg.student.optim
+    if cfg.algorithm == "fixmatch" and optim.ema_decay is None and cfg.baselines.fixmatch_ema is not None:
+        optim = optim.model_copy(update={"ema_decay": cfg.baselines.fixmatch_ema})
+    return optim
+
+
 def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
     cfg = run.cfg
     name = cfg.algorithm
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)  # the same initial weights as the supervised-only student
     model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
-    optim = cfg.student.optim
+    optim = student_optim(cfg)
     unlabelled = cfg.student.unlabelled_batch_size if name in USES_UNLABELLED else 0
     batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), unlabelled, seed=cfg.seed,
-                         strong=cfg.data.strong_augment and unlabelled > 0)
+                         strong=unlabelled > 0 and (cfg.data.strong_augment or name in USES_STRONG))
     algorithm = build_algorithm(name, model, logits, cfg, batches.rng, run.data)
     result = train(algorithm, batches, optim, fabric=run.fabric, stage=name, log=run.log, evaluate=run.evaluator(),
                    progress=cfg.progress, checkpoints=run.checkpoints(name, cache=logits))
@@ -234,15 +243,18 @@ def lambda_trace(metrics: Path, stage: str) -> list[dict]:
 
 
 def run(cfg: RunConfig, overwrite: bool = False, resume: Path | None = None, allow_change: list[str] | None = None) -> dict:
-    """The whole pipeline: teachers, cache, TELI student and (if cfg.baseline) the supervised-only student.
+    """The whole pipeline: teachers and cache (for algorithms that use them), the student of `cfg.algorithm`
+    and (if cfg.baseline) the supervised-only student.
     With `resume`, continue that interrupted run folder (finished stages are loaded from their checkpoints)."""
     started = time.perf_counter()
     check_algorithm(cfg.algorithm)
     sources = _teacher_sources(cfg)
     kind = f"teli-{cfg.teli.lambda_mode}" if cfg.algorithm == "teli" else cfg.algorithm
     r = open_run(cfg, kind, overwrite, resume, allow_change, sources)
-    teachers = stage_teachers(r, sources)
-    logits = stage_cache(r, teachers)
+    logits = None
+    if cfg.algorithm in USES_TEACHERS:  # FixMatch and supervised-only need no teachers
+        teachers = stage_teachers(r, sources)
+        logits = stage_cache(r, teachers)
     if cfg.baseline:
         stage_baseline(r)
     stage_student(r, logits)
