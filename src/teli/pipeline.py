@@ -169,6 +169,15 @@ def student_optim(cfg: RunConfig):
     return optim
 
 
+def student_batches(cfg: RunConfig, data: SSLData, seed: int | None = None) -> SSLBatches:
+    """The batches `cfg.algorithm` trains on: unlabelled images if it uses them, their strong view if it
+    needs one (USES_STRONG) or data.strong_augment asks for it."""
+    name, optim = cfg.algorithm, cfg.student.optim
+    unlabelled = cfg.student.unlabelled_batch_size if name in USES_UNLABELLED else 0
+    return SSLBatches(data, min(optim.batch_size, len(data.x_l)), unlabelled, seed=cfg.seed if seed is None else seed,
+                      strong=unlabelled > 0 and (cfg.data.strong_augment or name in USES_STRONG))
+
+
 def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
     cfg = run.cfg
     name = cfg.algorithm
@@ -176,9 +185,7 @@ def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
     torch.manual_seed(cfg.seed)  # the same initial weights as the supervised-only student
     model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
     optim = student_optim(cfg)
-    unlabelled = cfg.student.unlabelled_batch_size if name in USES_UNLABELLED else 0
-    batches = SSLBatches(run.data, min(optim.batch_size, len(run.data.x_l)), unlabelled, seed=cfg.seed,
-                         strong=unlabelled > 0 and (cfg.data.strong_augment or name in USES_STRONG))
+    batches = student_batches(cfg, run.data)
     algorithm = build_algorithm(name, model, logits, cfg, batches.rng, run.data)
     result = train(algorithm, batches, optim, fabric=run.fabric, stage=name, log=run.log, evaluate=run.evaluator(),
                    progress=cfg.progress, checkpoints=run.checkpoints(name, cache=logits))
