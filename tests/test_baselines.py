@@ -150,3 +150,8 @@ def test_baseline_learns_on_digits(tiny_config, algorithm):
     assert student["accuracy"] > 0.5  # chance is 0.1
     teachers = [m for m in summary["models"] if m["name"].startswith("teacher")]
     assert len(teachers) == (0 if algorithm == "fixmatch" else 2)  # FixMatch trains no teachers
+
+
+def test_supervised_algorithm_trains_one_student_and_no_teachers(tiny_config):
+    summary = pipeline.run(build_config(tiny_config.model_dump(), overrides={"algorithm": "supervised"}))
+    assert [m["name"] for m in summary["models"]] == ["student (supervised)"]

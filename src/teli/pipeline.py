@@ -262,7 +262,7 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: Path | None = None, all
     if cfg.algorithm in USES_TEACHERS:  # FixMatch and supervised-only need no teachers
         teachers = stage_teachers(r, sources)
         logits = stage_cache(r, teachers)
-    if cfg.baseline:
+    if cfg.baseline and cfg.algorithm != "supervised":  # the student already is the supervised-only one
         stage_baseline(r)
     stage_student(r, logits)
     return finish(r, logits, started)
