@@ -100,3 +100,15 @@ def test_speed_helpers_time_every_kind_and_plain_step_sees_all_images(ssl_data):
              "x_u": torch.zeros(16, 1, 8, 8), "idx_u": torch.arange(16)}
     PlainSupervised(Spy(), ssl_data).train_step(batch, None)
     assert seen == [24]
+
+
+def test_speed_suite_writes_ratios_and_table(tmp_path):
+    from teli.speed import run_speed_suite
+
+    r = run_speed_suite(tmp_path, {"teachers.optim.steps": 4, "student.optim.steps": 4, "threads": 1}, steps=1, repeats=1)
+    assert set(r["ratios"]) >= {"TELI-beta / plain supervised", "TELI-meta / TELI-beta", "data share of a TELI-beta step"}
+    assert all(v > 0 for v in r["ratios"].values())
+    assert r["teli_run_wall_seconds"]["total"] > 0
+    table = (tmp_path / "speed" / "results.md").read_text()
+    assert "| TELI-meta / TELI-beta |" in table and "`teli run` wall time" in table
+    assert json.loads((tmp_path / "speed" / "results.json").read_text())["suite"] == "speed"
