@@ -10,6 +10,12 @@ Budgets: `steps` gives every method the suite's student steps; `time` scales eac
 its measured step time so that its training takes as long as TELI-beta's (the calibration is
 measured once, interleaved, on seed 0's data and teachers, and kept in calibration.json).
 `teli bench --suite speed` is the speed suite (teli.speed).
+
+    teli bench --suite digits --seeds 0 1 2                 # all 7 methods, minutes on 2 vCPUs
+    teli bench --suite digits --budget time                 # equal wall time instead of equal steps
+    teli bench --suite fashion-mnist-10 --seeds 0 1 2       # CPU budget: about 15 min per cell (not run in tests)
+    teli bench --suite cifar10-40 --set accelerator=cuda --set data.download=true   # GPU: the presets' budgets
+    teli bench --suite digits --methods fixmatch TELI-beta --set student.optim.steps=50   # a subset, shrunk
 """
 
 from __future__ import annotations
