@@ -4,7 +4,8 @@ In one run, on the same batches: the data part (index the uint8 pool, weak augme
 labelled and unlabelled batch, strong augmentation of the unlabelled batch, normalisation) and the
 whole student step (that data part + TELI's forward, loss, backward and SGD update). The ratio is
 data / whole. Data: Fashion-MNIST from --data-root if it is there, else random 28x28 images of the
-same shape; teacher logits are random (the step only indexes them).
+same shape; teacher logits are random (the step only indexes them). The timing is teli.speed's
+(shared with `teli bench --suite speed`, which reports the same share on the digits default).
 
 Output on the 2-vCPU reference machine (torch 2.14.1, cpu, nothing else running), real Fashion-MNIST:
 
@@ -25,18 +26,15 @@ Output on the 2-vCPU reference machine (torch 2.14.1, cpu, nothing else running)
 from __future__ import annotations
 
 import argparse
-import time
 
-import numpy as np
 import torch
 
-from teli.algorithms.teli import TeliStudent
-from teli.config import ModelConfig, TeliConfig
-from teli.data import SSLBatches, load_dataset, make_ssl_data, split_pool
+from teli.config import build_config
+from teli.data import load_dataset, make_ssl_data, split_pool
 from teli.data.datasets import ImageDataset
-from teli.engine import StepContext, default_threads
+from teli.engine import default_threads
 from teli.errors import TeliError
-from teli.models import build_model
+from teli.speed import interleaved, make_stepper
 
 
 def dataset(data_root: str) -> ImageDataset:
@@ -63,26 +61,12 @@ def main() -> None:
     torch.set_num_threads(threads)
     ds = dataset(args.data_root)
     data = make_ssl_data(ds, split_pool(ds.y_train, ds.num_classes, 10, 0, seed=0))
-    model = build_model(ModelConfig(arch="cnn", width=args.width, depth=args.depth), data.input_shape, data.num_classes)
     logits = torch.randn(2, len(data.x_u), data.num_classes, generator=torch.Generator().manual_seed(1)) * 3
-    student = TeliStudent(model, logits, TeliConfig(), np.random.default_rng(0))
-    optim = torch.optim.SGD(model.parameters(), lr=0.03, momentum=0.9, nesterov=True)
-    batches = SSLBatches(data, args.batch, args.unlabelled_batch, seed=0, strong=True)
-
-    data_s, step_s = [], []
-    for step in range(args.steps + 3):  # 3 warm-up steps, not counted
-        t0 = time.perf_counter()
-        batch = next(batches)
-        t1 = time.perf_counter()
-        optim.zero_grad(set_to_none=True)
-        out = student.train_step(batch, StepContext(step, 0.03))
-        out.loss.backward()
-        optim.step()
-        t2 = time.perf_counter()
-        if step >= 3:
-            data_s.append(t1 - t0)
-            step_s.append(t2 - t0)
-    d, s = float(np.median(data_s)), float(np.median(step_s))
+    cfg = build_config(overrides={"student.model": {"arch": "cnn", "width": args.width, "depth": args.depth},
+                                  "student.optim.batch_size": args.batch, "student.unlabelled_batch_size": args.unlabelled_batch,
+                                  "data.strong_augment": True, "student.optim.lr": 0.03})
+    t = interleaved({"teli": make_stepper(cfg, data, logits)}, steps=1, repeats=args.steps, warmup=3)["teli"]
+    d, s = t["data"], t["step"]
     print(f"dataset {ds.name}, batch {args.batch} labelled + {args.unlabelled_batch} unlabelled (weak + strong), "
           f"student cnn(w{args.width},d{args.depth}), {threads} thread(s), {args.steps} steps, medians:")
     print(f"  data pipeline (assembly + weak + strong aug): {1000 * d:7.1f} ms/step")

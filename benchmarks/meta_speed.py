@@ -2,48 +2,24 @@
 
     python benchmarks/meta_speed.py [--steps 60] [--repeats 5]
 
-The three step kinds run interleaved in one process (round-robin blocks of steps, median of the
-blocks), so machine noise hits them alike; only ratios are reported. Teachers are the default pair,
+The step kinds run interleaved in one process (teli.speed: round-robin blocks of steps, median of the
+blocks), so machine noise hits them alike; only ratios are reported. `teli bench --suite speed` reports
+the meta/beta ratio together with the other speed goals. Teachers are the default pair,
 trained briefly; the student is the default `teli run` student on digits.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from teli.algorithms import build_algorithm
-from teli.config import load_config
-from teli.data import SSLBatches
-from teli.engine import StepContext, setup_fabric
+from teli.config import build_config, load_config
+from teli.engine import setup_fabric
 from teli.models import build_model
 from teli.pipeline import prepare_data
+from teli.speed import interleaved, make_stepper
 from teli.teachers import teacher_logits, train_teacher
-
-
-def make_stepper(cfg, data, logits, mode: str, method: str, every: int = 1):
-    cfg = cfg.model_copy(deep=True)
-    cfg.teli.lambda_mode, cfg.teli.meta_method, cfg.teli.meta_every = mode, method, every
-    torch.manual_seed(0)
-    model = build_model(cfg.student.model, data.input_shape, data.num_classes)
-    batches = SSLBatches(data, cfg.student.optim.batch_size, cfg.student.unlabelled_batch_size, seed=0)
-    algorithm = build_algorithm("teli", model, logits, cfg, batches.rng, data)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.student.optim.lr, momentum=0.9)
-
-    count = iter(range(1, 10**9))
-
-    def step():
-        optimizer.zero_grad(set_to_none=True)
-        ctx = StepContext(next(count), cfg.student.optim.lr, lambda loss: loss.backward())
-        out = algorithm.train_step(next(batches), ctx)
-        if not out.backward_done:
-            out.loss.backward()
-        optimizer.step()
-
-    return step
 
 
 def main() -> None:
@@ -58,22 +34,14 @@ def main() -> None:
     teachers = [train_teacher(spec, data, cfg.teachers.optim, fabric=setup_fabric(threads=cfg.threads), seed=i, stage=f"t{i}",
                               progress=False) for i, spec in enumerate(cfg.teachers.models)]
     logits = teacher_logits(teachers, data)
-    kinds = {"beta": make_stepper(cfg, data, logits, "beta", "fast"),
-             "meta-fast": make_stepper(cfg, data, logits, "meta", "fast"),
-             "meta-exact": make_stepper(cfg, data, logits, "meta", "exact"),
-             "meta-fast-every2": make_stepper(cfg, data, logits, "meta", "fast", every=2),
-             "meta-fast-every4": make_stepper(cfg, data, logits, "meta", "fast", every=4)}
-    for step in kinds.values():  # warm-up
-        for _ in range(5):
-            step()
-    times: dict[str, list[float]] = {k: [] for k in kinds}
-    for _ in range(args.repeats):
-        for name, step in kinds.items():
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step()
-            times[name].append((time.perf_counter() - start) / args.steps)
-    med = {k: statistics.median(v) for k, v in times.items()}
+
+    def kind(mode: str, method: str = "fast", every: int = 1):
+        over = {"teli.lambda_mode": mode, "teli.meta_method": method, "teli.meta_every": every}
+        return make_stepper(build_config(cfg.model_dump(), over), data, logits)
+
+    kinds = {"beta": kind("beta"), "meta-fast": kind("meta"), "meta-exact": kind("meta", "exact"),
+             "meta-fast-every2": kind("meta", every=2), "meta-fast-every4": kind("meta", every=4)}
+    med = {k: v["step"] for k, v in interleaved(kinds, args.steps, args.repeats, warmup=5).items()}
     print(f"threads={torch.get_num_threads()}  student={cfg.student.model.arch}  params="
           f"{sum(p.numel() for p in build_model(cfg.student.model, data.input_shape, data.num_classes).parameters())}")
     for name, value in med.items():

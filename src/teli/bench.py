@@ -1,9 +1,21 @@
 """`teli bench`: the results tables of the README, from runs anyone can repeat.
 
-A suite is a list of methods run over seeds; each (method, seed) cell is a normal teli run folder
-under OUT/SUITE/, so a finished cell (its summary.json exists) is not rerun: an interrupted bench
-resumes where it stopped. Per seed the teachers are trained once and shared by the TELI variants,
-which therefore differ only in how the student learns.
+A suite is a base config (a preset file from configs/ and dotted overrides) and a list of methods
+(an algorithm and its overrides), run over seeds. Each (method, seed) cell is a normal teli run
+folder under OUT/SUITE/ (OUT/SUITE-time/ for --budget time), so a finished cell (its summary.json
+exists) is not rerun: an interrupted bench resumes where it stopped. Per seed the teachers are
+trained once (OUT/SUITE/teachers-sSEED) and shared by every method that uses teachers.
+
+Budgets: `steps` gives every method the suite's student steps; `time` scales each method's steps by
+its measured step time so that its training takes as long as TELI-beta's (the calibration is
+measured once, interleaved, on seed 0's data and teachers, and kept in calibration.json).
+`teli bench --suite speed` is the speed suite (teli.speed).
+
+    teli bench --suite digits --seeds 0 1 2                 # all 7 methods, minutes on 2 vCPUs
+    teli bench --suite digits --budget time                 # equal wall time instead of equal steps
+    teli bench --suite fashion-mnist-10 --seeds 0 1 2       # CPU budget: about 15 min per cell (not run in tests)
+    teli bench --suite cifar10-40 --set accelerator=cuda --set data.download=true   # GPU: the presets' budgets
+    teli bench --suite digits --methods fixmatch TELI-beta --set student.optim.steps=50   # a subset, shrunk
 """
 
 from __future__ import annotations
@@ -12,20 +24,51 @@ import json
 import statistics
 from pathlib import Path
 
-from teli.config import RunConfig, build_config
+from teli.config import RunConfig, build_config, read_yaml
 from teli.errors import TeliError
 from teli.pipeline import distill, train_teachers
 
-# method -> config overrides applied on top of the suite's base config
-SUITES: dict[str, dict] = {
-    "digits": {
-        "base": {},
-        "methods": {
-            "TELI-beta": {"teli.lambda_mode": "beta"},
-            "TELI-meta": {"teli.lambda_mode": "meta"},
-        },
-    },
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's presets
+
+# method -> overrides (with "algorithm") on top of the suite's base config
+METHODS: dict[str, dict] = {
+    "supervised-only": {"algorithm": "supervised"},
+    "pseudo-label": {"algorithm": "pseudo-label"},
+    "ensemble-kd": {"algorithm": "ensemble-kd"},
+    "fixmatch": {"algorithm": "fixmatch"},
+    "TELI-fixed": {"algorithm": "teli", "teli.lambda_mode": "fixed"},
+    "TELI-beta": {"algorithm": "teli", "teli.lambda_mode": "beta"},
+    "TELI-meta": {"algorithm": "teli", "teli.lambda_mode": "meta"},
 }
+REFERENCE = "TELI-beta"  # --budget time matches every method's wall time to this one's
+
+SUITES: dict[str, dict] = {
+    # minutes on 2 vCPUs: 600 student steps of the default cnn(w32,d2). FixMatch's EMA decay is 0.99 here:
+    # 0.999 averages over ~1000 steps, longer than the whole budget, and would mostly report the initial weights.
+    "digits": {"config": None, "base": {"baselines.fixmatch_ema": 0.99}, "methods": METHODS},
+    # CPU budgets: the preset's data, models and batch shape (cnn(w64,d3) student, 64 + 256 images), 150 student
+    # steps instead of the preset's 3000. Measured step times (teli.speed.step_times, 2 vCPUs, another bench running,
+    # so about twice a quiet machine's): supervised 0.9 s, pseudo-label 5.3, ensemble-kd 5.1, TELI-fixed 6.5,
+    # TELI-beta 6.3, TELI-meta 10.0, FixMatch 11.5 (three views, EMA) -> the slowest cell about 15 min on a quiet
+    # machine. FixMatch's EMA decay is 0.97 here (a ~33-step average over a 150-step budget).
+    "fashion-mnist-10": {"config": "fashion-mnist-10.yaml", "methods": METHODS,
+                         "base": {"student.optim.steps": 150, "student.optim.warmup_steps": 10, "baselines.fixmatch_ema": 0.97}},
+    "fashion-mnist-100": {"config": "fashion-mnist-100.yaml", "methods": METHODS,
+                          "base": {"student.optim.steps": 150, "student.optim.warmup_steps": 10, "baselines.fixmatch_ema": 0.97}},
+    # for GPUs (documented, not run here): the presets as they are, FixMatch with EMA 0.999 (the presets set ema_decay).
+    "cifar10-40": {"config": "cifar10-4.yaml", "base": {}, "methods": METHODS},
+    "cifar10-250": {"config": "cifar10-25.yaml", "base": {}, "methods": METHODS},
+}
+
+
+def suite_tree(suite: str) -> dict:
+    spec = SUITES[suite]
+    if spec["config"] is None:
+        return {}
+    path = CONFIGS / spec["config"]
+    if not path.is_file():
+        raise TeliError(f"suite '{suite}' needs the preset {path} (run teli bench from a checkout of the repository)")
+    return read_yaml(path)
 
 
 def _summary(folder: Path) -> dict | None:
@@ -41,67 +84,158 @@ def _run_cell(folder: Path, make) -> dict:
     return _summary(folder)
 
 
-def run_suite(suite: str, seeds: list[int], out: Path, base_overrides: dict | None = None) -> dict:
-    if suite not in SUITES:
-        raise TeliError(f"unknown bench suite '{suite}': choose one of {', '.join(sorted(SUITES))}")
+def cell_config(suite: str, method: str, seed: int, root: Path, base_overrides: dict | None = None,
+                steps: int | None = None) -> RunConfig:
     spec = SUITES[suite]
-    root = Path(out) / suite
+    overrides = {**spec["base"], **(base_overrides or {}), **spec["methods"][method], "seed": seed, "out_dir": str(root),
+                 "progress": False, "baseline": False, "name": f"{method}-s{seed}"}
+    if steps is not None:
+        overrides["student.optim.steps"] = steps
+    return build_config(suite_tree(suite), overrides, f"bench suite {suite}")
+
+
+def run_suite(suite: str, seeds: list[int], out: Path, base_overrides: dict | None = None, budget: str = "steps",
+              methods: list[str] | None = None) -> dict:
+    if suite == "speed":
+        from teli.speed import run_speed_suite
+
+        return run_speed_suite(Path(out), base_overrides)
+    if suite not in SUITES:
+        raise TeliError(f"unknown bench suite '{suite}': choose one of {', '.join(sorted([*SUITES, 'speed']))}")
+    if budget not in ("steps", "time"):
+        raise TeliError(f"--budget must be steps or time, not {budget!r}")
+    names = methods or list(SUITES[suite]["methods"])
+    unknown = [m for m in names if m not in SUITES[suite]["methods"]]
+    if unknown:
+        raise TeliError(f"unknown method(s) {', '.join(unknown)}: choose from {', '.join(SUITES[suite]['methods'])}")
+    teachers_root = Path(out) / suite
+    root = teachers_root if budget == "steps" else Path(out) / f"{suite}-time"
     cells: dict[str, dict[int, dict]] = {}
+    steps: dict[str, int] = {m: cell_config(suite, m, seeds[0], root, base_overrides).student.optim.steps for m in names}
+    calibration = None
     for seed in seeds:
-        base = {**spec["base"], **(base_overrides or {}), "seed": seed, "out_dir": str(root), "progress": False}
-        teachers_dir = root / f"teachers-s{seed}"
-        _run_cell(teachers_dir, lambda overwrite: train_teachers(build_config(overrides={**base, "name": teachers_dir.name}), overwrite))
-        cells.setdefault("teachers", {})[seed] = _summary(teachers_dir)
-        for i, (method, overrides) in enumerate(spec["methods"].items()):
-            folder = root / f"{method}-s{seed}"
-            # the first method also trains the supervised-only student (same init, steps and data)
-            cfg = build_config(overrides={**base, **overrides, "name": folder.name, "baseline": i == 0})
-            cells.setdefault(method, {})[seed] = _run_cell(folder, lambda overwrite, cfg=cfg: distill(cfg, teachers_dir, overwrite))
-    results = {"suite": suite, "seeds": seeds, "rows": _rows(cells, seeds)}
+        base = cell_config(suite, REFERENCE, seed, teachers_root, base_overrides)
+        teachers_dir = teachers_root / f"teachers-s{seed}"
+        teachers_cfg = base.model_copy(update={"name": teachers_dir.name})
+        cells.setdefault("teachers", {})[seed] = _run_cell(teachers_dir, lambda overwrite: train_teachers(teachers_cfg, overwrite))
+        if budget == "time" and calibration is None:
+            calibration = calibrate(suite, names, root, teachers_dir, base_overrides)
+            steps = calibration["steps"]
+        for method in names:
+            cfg = cell_config(suite, method, seed, root, base_overrides, steps[method])
+            cells.setdefault(method, {})[seed] = _run_cell(root / cfg.name, lambda overwrite, cfg=cfg: distill(cfg, teachers_dir, overwrite))
+    results = {"suite": suite, "seeds": seeds, "budget": budget, "steps": steps, "calibration": calibration,
+               "rows": _rows(cells, seeds, steps)}
+    root.mkdir(parents=True, exist_ok=True)
     (root / "results.json").write_text(json.dumps(results, indent=2))
     (root / "results.md").write_text(markdown_table(results))
+    plot_accuracy_vs_time(results, root / "accuracy_vs_time.png")
     return results
+
+
+def calibrate(suite: str, names: list[str], root: Path, teachers_dir: Path, base_overrides: dict | None) -> dict:
+    """Steps per method for equal wall time, from an interleaved measurement of each method's step time
+    (teli.speed.step_times); kept in ROOT/calibration.json so a resumed bench uses the same steps."""
+    path = root / "calibration.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    from teli.speed import load_teachers_run, step_times
+
+    cfgs = {m: cell_config(suite, m, 0, root, base_overrides) for m in names}
+    data, logits = load_teachers_run(teachers_dir)
+    times = step_times(cfgs, data, logits, steps=5, repeats=3)
+    ref = times.get(REFERENCE) or times[names[0]]
+    ref_steps = cfgs.get(REFERENCE, cfgs[names[0]]).student.optim.steps
+    calibration = {"reference": REFERENCE if REFERENCE in times else names[0], "seconds_per_step": times,
+                   "steps": {m: max(1, round(ref_steps * ref / t)) for m, t in times.items()},
+                   "how": "median of 3 interleaved blocks of 5 steps per method (after 2 warm-up steps), seed 0's data "
+                          "and teachers; steps = reference steps x reference step time / method step time"}
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(calibration, indent=2))
+    return calibration
 
 
 def _model(summary: dict, prefix: str) -> dict | None:
     return next((m for m in summary["models"] if m["name"].startswith(prefix)), None)
 
 
-def _rows(cells: dict[str, dict[int, dict]], seeds: list[int]) -> list[dict]:
+def _rows(cells: dict[str, dict[int, dict]], seeds: list[int], steps: dict[str, int]) -> list[dict]:
     rows = []
     teachers = cells["teachers"]
     n_teachers = len([m for m in teachers[seeds[0]]["models"] if m["name"].startswith("teacher")])
     for t in range(1, n_teachers + 1):
-        rows.append(_row(f"teacher {t}", [_model(teachers[s], f"teacher {t}") for s in seeds], [teachers[s] for s in seeds], "teachers"))
-    first = next(k for k in cells if k != "teachers")
-    rows.append(_row("supervised only", [_model(cells[first][s], "student (supervised") for s in seeds],
-                     [cells[first][s] for s in seeds], "supervised"))
+        rows.append(_row(f"teacher {t}", "teacher", [_model(teachers[s], f"teacher {t}") for s in seeds],
+                         [teachers[s] for s in seeds], "teachers", None))
     for method in (k for k in cells if k != "teachers"):
         summaries = [cells[method][s] for s in seeds]
-        rows.append(_row(method, [_model(x, "student (TELI") or _model(x, "student (") for x in summaries], summaries,
-                         summaries[0].get("algorithm", "teli")))
+        algorithm = summaries[0].get("algorithm", "teli")
+        rows.append(_row(method, algorithm, [_model(x, "student (") for x in summaries], summaries, algorithm, steps.get(method)))
     return rows
 
 
-def _row(name: str, models: list[dict], summaries: list[dict], wall_key: str) -> dict:
+def _row(name: str, algorithm: str, models: list[dict], summaries: list[dict], wall_key: str, steps: int | None) -> dict:
     accs = [m["accuracy"] for m in models]
-    arch = models[0]["arch"]
     wall = [s["wall_seconds"].get(wall_key, float("nan")) for s in summaries]
-    return {"method": name, "arch": arch, "accuracy": accs, "mean": statistics.mean(accs),
+    return {"method": name, "algorithm": algorithm, "arch": models[0]["arch"], "accuracy": accs, "mean": statistics.mean(accs),
             "std": statistics.pstdev(accs), "ece_mean": statistics.mean(m["ece"] for m in models),
-            "wall_seconds_mean": statistics.mean(wall)}
+            "wall_seconds": wall, "wall_seconds_mean": statistics.mean(wall), "wall_seconds_std": statistics.pstdev(wall),
+            "steps": steps}
+
+
+def budget_note(results: dict) -> str:
+    if results["budget"] == "steps":
+        return "Budget: equal steps (every student trains the same number of steps; the teachers' time is not counted)."
+    c = results["calibration"]
+    return (f"Budget: equal wall time: each method's steps were scaled so that its training time matches "
+            f"{c['reference']}'s at the suite's steps ({c['how']}). Step times (ms): "
+            + ", ".join(f"{m} {1000 * t:.0f}" for m, t in c["seconds_per_step"].items()) + ".")
 
 
 def markdown_table(results: dict) -> str:
+    if results.get("suite") == "speed":
+        from teli.speed import speed_table
+
+        return speed_table(results)
     seeds = results["seeds"]
-    head = f"| method | model | test accuracy (mean ± std) | {' | '.join(f'seed {s}' for s in seeds)} | ECE | train time (s) |"
-    lines = [head, "|" + "---|" * (5 + len(seeds))]
+    lines = [f"Suite `{results['suite']}`, seeds {', '.join(map(str, seeds))}. {budget_note(results)} "
+             "Test accuracy of the final student (of its EMA for FixMatch); train time = the student's (or both "
+             "teachers') training stage in seconds, mean ± std over seeds; timings are noisy (shared 2-vCPU machine).", ""]
+    lines.append(f"| method | algorithm | model | test accuracy % (mean ± std) | {' | '.join(f'seed {s}' for s in seeds)} "
+                 "| ECE | train time (s) | steps |")
+    lines.append("|" + "---|" * (7 + len(seeds)))
     for r in results["rows"]:
         per_seed = " | ".join(f"{100 * a:.1f}" for a in r["accuracy"])
-        lines.append(f"| {r['method']} | {r['arch']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {per_seed} | "
-                     f"{r['ece_mean']:.3f} | {r['wall_seconds_mean']:.1f} |")
+        steps = "" if r["steps"] is None else str(r["steps"])
+        lines.append(f"| {r['method']} | {r['algorithm']} | {r['arch']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | "
+                     f"{per_seed} | {r['ece_mean']:.3f} | {r['wall_seconds_mean']:.1f} ± {r['wall_seconds_std']:.1f} | {steps} |")
     return "\n".join(lines) + "\n"
 
 
+def plot_accuracy_vs_time(results: dict, path: Path) -> None:
+    """Test accuracy against the student's training time: one point per method, error bars = std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in results["rows"]:
+        if r["algorithm"] == "teacher":
+            continue
+        ax.errorbar(r["wall_seconds_mean"], 100 * r["mean"], xerr=r["wall_seconds_std"], yerr=100 * r["std"],
+                    fmt="o", capsize=3, label=r["method"])
+    ax.set_xlabel("student training time (s)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"{results['suite']}: {len(results['seeds'])} seeds, budget = equal {results['budget']}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def config_for_suite(suite: str) -> RunConfig:
-    return build_config(overrides=SUITES[suite]["base"])
+    return build_config(suite_tree(suite), SUITES[suite]["base"])
+
+
+__all__ = ["METHODS", "SUITES", "markdown_table", "run_suite"]

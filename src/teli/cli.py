@@ -7,6 +7,7 @@
     teli teachers                  train the teachers only
     teli distill --teachers RUN    distil the teachers of an earlier run into a student
     teli evaluate RUN              re-score a finished run on the test set
+    teli bench --suite digits      every method over seeds: results.md, results.json, accuracy_vs_time.png
 
 Settings come from --config FILE.yaml, then --set KEY=VALUE and the shortcut flags (which win).
 Bad input ends with one line on stderr and exit status 2.
@@ -90,9 +91,15 @@ def build_parser() -> Parser:
     distill.add_argument("--teachers", required=True, help="run folder holding teachers/ (from `teli teachers` or `teli run`)")
     add_run_options(distill)
     bench = sub.add_parser("bench", help="run a benchmark suite over seeds; write results.json and a markdown table")
-    bench.add_argument("--suite", default="digits", help="suite name (default: digits)")
+    bench.add_argument("--suite", default="digits", help="digits | fashion-mnist-10 | fashion-mnist-100 | cifar10-40 | "
+                                                        "cifar10-250 | speed (default: digits)")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     bench.add_argument("--out", default="bench-results", help="results folder (finished cells are reused)")
+    bench.add_argument("--budget", choices=["steps", "time"], default="steps",
+                       help="steps: equal student steps; time: each method's steps scaled to TELI-beta's wall time")
+    bench.add_argument("--methods", nargs="+", help="only these methods of the suite (default: all)")
+    bench.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key of every cell, e.g. --set student.optim.steps=50 (repeatable)")
     bench.add_argument("--json", action="store_true", help="print results.json instead of the table")
     evaluate = sub.add_parser("evaluate", help="re-score a finished run's models on the test set")
     evaluate.add_argument("run_dir", help="run folder")
@@ -145,7 +152,10 @@ def dispatch(args: argparse.Namespace) -> dict:
     if args.command == "bench":
         from teli.bench import run_suite
 
-        return run_suite(args.suite, args.seeds, Path(args.out))
+        from teli.config import parse_override
+
+        overrides = dict(parse_override(text) for text in args.overrides)
+        return run_suite(args.suite, args.seeds, Path(args.out), overrides, args.budget, args.methods)
     if args.resume and args.overwrite:
         raise TeliError("--resume and --overwrite exclude each other: continue the run, or replace it")
     if args.allow_change and not args.resume:

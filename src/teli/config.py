@@ -129,6 +129,18 @@ class TeliConfig(Section):
     meta_fd_eps: float = Field(1e-3, gt=0, description="finite-difference step along v/|v|")
 
 
+class BaselinesConfig(Section):
+    """Settings of the comparison methods (teli.algorithms: pseudo-label, ensemble-kd, fixmatch)."""
+
+    teacher: int = Field(0, ge=0, description="pseudo-label: index of the one teacher whose confident labels are used")
+    kd_temperature: float = Field(4.0, gt=0, description="ensemble-kd: T of the tempered teacher mean and the student")
+    kd_weight: float = Field(1.0, ge=0, description="ensemble-kd: weight of the distillation term")
+    fixmatch_threshold: float = Field(0.95, ge=0, le=1, description="fixmatch: confidence of the weak view needed for a pseudo-label")
+    fixmatch_weight: float = Field(1.0, ge=0, description="fixmatch: lambda_u, weight of the unlabelled term")
+    fixmatch_ema: float | None = Field(0.999, gt=0, lt=1, description="fixmatch: EMA decay of the evaluated student when "
+                                       "student.optim.ema_decay is unset (None: no EMA)")
+
+
 class CheckpointConfig(Section):
     every: int = Field(100, ge=0, description="resumable checkpoint every N steps of each stage (0: only at the end "
                                               "of a stage and on SIGTERM/SIGINT)")
@@ -150,6 +162,7 @@ class RunConfig(Section):
     teachers: TeachersConfig = Field(default_factory=TeachersConfig)
     student: StudentConfig = Field(default_factory=StudentConfig)
     teli: TeliConfig = Field(default_factory=TeliConfig)
+    baselines: BaselinesConfig = Field(default_factory=BaselinesConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
 
 

@@ -21,7 +21,7 @@ import yaml
 from lightning_fabric import Fabric
 from torch import nn
 
-from teli.algorithms import USES_UNLABELLED, Supervised, build_algorithm, check_algorithm
+from teli.algorithms import USES_STRONG, USES_TEACHERS, USES_UNLABELLED, build_algorithm, check_algorithm
 from teli.checkpoint import atomic_write_text, load_model_state, load_tensors, save_model, save_tensors
 from teli.config import ModelConfig, RunConfig, build_config
 from teli.data import SSLBatches, SSLData, load_dataset, make_ssl_data, split_pool
@@ -171,44 +171,55 @@ def student_label(cfg: RunConfig) -> str:
     return f"student (TELI-{cfg.teli.lambda_mode})" if cfg.algorithm == "teli" else f"student ({cfg.algorithm})"
 
 
-def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
-    cfg = run.cfg
-    name = cfg.algorithm
-    start = time.perf_counter()
-    torch.manual_seed(cfg.seed)  # the same initial weights as the supervised-only student
-    model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
+def student_optim(cfg: RunConfig):
+    """The student's optimizer settings; FixMatch evaluates an EMA of its student (baselines.fixmatch_ema)
+    unless student.optim.ema_decay says otherwise."""
     optim = cfg.student.optim
+    if cfg.algorithm == "fixmatch" and optim.ema_decay is None and cfg.baselines.fixmatch_ema is not None:
+        optim = optim.model_copy(update={"ema_decay": cfg.baselines.fixmatch_ema})
+    return optim
+
+
+def student_batches(cfg: RunConfig, data: SSLData, seed: int | None = None) -> SSLBatches:
+    """The batches `cfg.algorithm` trains on: unlabelled images if it uses them, their strong view if it
+    needs one (USES_STRONG) or data.strong_augment asks for it."""
+    name, optim = cfg.algorithm, cfg.student.optim
     unlabelled = cfg.student.unlabelled_batch_size if name in USES_UNLABELLED else 0
-    batches = SSLBatches(run.data, labelled_batch(run, name, optim.batch_size), unlabelled, seed=cfg.seed,
-                         strong=cfg.data.strong_augment and unlabelled > 0)
-    algorithm = build_algorithm(name, model, logits, cfg, batches.rng, run.data)
-    result = train(algorithm, batches, optim, fabric=run.fabric, stage=name, log=run.log, evaluate=run.evaluator(),
-                   progress=cfg.progress, checkpoints=run.checkpoints(name, cache=logits))
-    row = run.score(student_label(cfg), describe_arch(cfg.student.model), result.model)
+    return SSLBatches(data, min(optim.batch_size, len(data.x_l)), unlabelled, seed=cfg.seed if seed is None else seed,
+                      strong=unlabelled > 0 and (cfg.data.strong_augment or name in USES_STRONG))
+
+
+def train_student(run: Run, algorithm_name: str, logits: torch.Tensor | None, label: str, file: str) -> nn.Module:
+    """Train one student with `algorithm_name` (same architecture, initial weights and steps for every
+    algorithm, so students compare fairly), score it on the test set and save it as `file`."""
+    cfg = run.cfg.model_copy(update={"algorithm": algorithm_name})
+    start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
+    optim = student_optim(cfg)
+    batches = student_batches(cfg, run.data)
+    labelled_batch(run, algorithm_name, optim.batch_size)  # records the clamped size in summary.json
+    algorithm = build_algorithm(algorithm_name, model, logits, cfg, batches.rng, run.data)
+    result = train(algorithm, batches, optim, fabric=run.fabric, stage=algorithm_name, log=run.log, evaluate=run.evaluator(),
+                   progress=cfg.progress, checkpoints=run.checkpoints(algorithm_name, cache=logits))
+    row = run.score(label, describe_arch(cfg.student.model), result.model)
     if hasattr(algorithm, "head"):  # the meta-learned lambda head: its weights and skill on the pool
         labels = algorithm.labels
         save_model(run.dir / "lambda_head.safetensors", algorithm.head, {"kind": "lambda_head", **data_signature(run.data)})
         hidden = run.data.y_u_hidden[labels.disagree] if run.data.y_u_hidden is not None else None
         run.extra["lambda_head"] = lambda_diagnostics(algorithm.pool_weights()[labels.disagree], labels.preds[:, labels.disagree], hidden)
-    save_model(run.dir / "student.safetensors", result.model, _student_meta(run, "student", row))
-    run.wall[name] = time.perf_counter() - start
+    save_model(run.dir / file, result.model, _student_meta(run, file.split(".")[0], row))
+    run.wall[algorithm_name] = time.perf_counter() - start
     return result.model
+
+
+def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
+    return train_student(run, run.cfg.algorithm, logits, student_label(run.cfg), "student.safetensors")
 
 
 def stage_baseline(run: Run) -> nn.Module:
-    """The supervised-only student: same architecture, initial weights and steps, labelled images only."""
-    cfg = run.cfg
-    start = time.perf_counter()
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
-    optim = cfg.student.optim
-    batches = SSLBatches(run.data, labelled_batch(run, "supervised", optim.batch_size), seed=cfg.seed)
-    result = train(Supervised(model), batches, optim, fabric=run.fabric, stage="supervised", log=run.log,
-                   evaluate=run.evaluator(), progress=cfg.progress, checkpoints=run.checkpoints("supervised"))
-    row = run.score("student (supervised only)", describe_arch(cfg.student.model), result.model)
-    save_model(run.dir / "supervised.safetensors", result.model, _student_meta(run, "supervised", row))
-    run.wall["supervised"] = time.perf_counter() - start
-    return result.model
+    """The supervised-only student: labelled images only, otherwise as the student."""
+    return train_student(run, "supervised", None, "student (supervised only)", "supervised.safetensors")
 
 
 def finish(run: Run, logits: torch.Tensor | None, started: float) -> dict:
@@ -245,16 +256,19 @@ def lambda_trace(metrics: Path, stage: str) -> list[dict]:
 
 
 def run(cfg: RunConfig, overwrite: bool = False, resume: Path | None = None, allow_change: list[str] | None = None) -> dict:
-    """The whole pipeline: teachers, cache, TELI student and (if cfg.baseline) the supervised-only student.
+    """The whole pipeline: teachers and cache (for algorithms that use them), the student of `cfg.algorithm`
+    and (if cfg.baseline) the supervised-only student.
     With `resume`, continue that interrupted run folder (finished stages are loaded from their checkpoints)."""
     started = time.perf_counter()
     check_algorithm(cfg.algorithm)
     sources = _teacher_sources(cfg)
     kind = f"teli-{cfg.teli.lambda_mode}" if cfg.algorithm == "teli" else cfg.algorithm
     r = open_run(cfg, kind, overwrite, resume, allow_change, sources)
-    teachers = stage_teachers(r, sources)
-    logits = stage_cache(r, teachers)
-    if cfg.baseline:
+    logits = None
+    if cfg.algorithm in USES_TEACHERS:  # FixMatch and supervised-only need no teachers
+        teachers = stage_teachers(r, sources)
+        logits = stage_cache(r, teachers)
+    if cfg.baseline and cfg.algorithm != "supervised":  # the student already is the supervised-only one
         stage_baseline(r)
     stage_student(r, logits)
     return finish(r, logits, started)

@@ -2,7 +2,8 @@
 
 Each is built from the same things by `build_algorithm`: the student model, the cached teacher
 logits on the unlabelled pool (None for methods that use no teachers), the run's config and a
-seeded numpy generator. `uses_unlabelled` tells the pipeline whether to batch unlabelled images.
+seeded numpy generator. USES_UNLABELLED tells the pipeline whether to batch unlabelled images,
+USES_STRONG whether the batch must also hold their strong view, USES_TEACHERS whether it needs teachers.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from teli.algorithms.ensemble_kd import EnsembleKD
+from teli.algorithms.fixmatch import FixMatch
 from teli.algorithms.meta import MetaTeliStudent
+from teli.algorithms.pseudo_label import PseudoLabel
 from teli.algorithms.supervised import Supervised
 from teli.algorithms.teli import TeliStudent
 from teli.config import RunConfig
@@ -38,9 +42,13 @@ def build_teli(model: nn.Module, logits: torch.Tensor, cfg: RunConfig, rng: np.r
 ALGORITHMS: dict[str, Builder] = {
     "teli": build_teli,
     "supervised": lambda model, logits, cfg, rng, data: Supervised(model),
+    "pseudo-label": lambda model, logits, cfg, rng, data: PseudoLabel(model, logits, cfg),
+    "ensemble-kd": lambda model, logits, cfg, rng, data: EnsembleKD(model, logits, cfg),
+    "fixmatch": lambda model, logits, cfg, rng, data: FixMatch(model, cfg),
 }
-USES_UNLABELLED = {"teli"}
-USES_TEACHERS = {"teli"}
+USES_UNLABELLED = {"teli", "pseudo-label", "ensemble-kd", "fixmatch"}
+USES_TEACHERS = {"teli", "pseudo-label", "ensemble-kd"}
+USES_STRONG = {"fixmatch"}  # always needs the strong view of the unlabelled images (others: data.strong_augment)
 
 
 def check_algorithm(name: str) -> None:
@@ -51,7 +59,10 @@ def check_algorithm(name: str) -> None:
 def build_algorithm(name: str, model: nn.Module, teacher_logits: torch.Tensor | None, cfg: RunConfig,
                     rng: np.random.Generator, data: SSLData) -> Algorithm:
     check_algorithm(name)
+    if name in USES_TEACHERS and teacher_logits is None:
+        raise TeliError(f"algorithm '{name}' needs the teachers' cached logits")
     return ALGORITHMS[name](model, teacher_logits, cfg, rng, data)
 
 
-__all__ = ["ALGORITHMS", "MetaTeliStudent", "USES_TEACHERS", "USES_UNLABELLED", "Supervised", "TeliStudent", "build_algorithm", "check_algorithm"]
+__all__ = ["ALGORITHMS", "EnsembleKD", "FixMatch", "MetaTeliStudent", "PseudoLabel", "USES_STRONG", "USES_TEACHERS",
+           "USES_UNLABELLED", "Supervised", "TeliStudent", "build_algorithm", "check_algorithm"]
