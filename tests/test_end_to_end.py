@@ -161,3 +161,20 @@ def test_python_api_with_the_supervised_algorithm(tiny_config):
     last = records(run_dir)[-1]
     assert last["step"] == 20 and "loss_normal" not in last  # no unlabelled terms
     assert json.loads((run_dir / "student.json").read_text())["kind"] == "student"
+
+
+def test_distill_reuses_the_teachers_cached_logits_and_keeps_the_students_data_settings(tmp_path, monkeypatch):
+    from teli import pipeline, teachers as teachers_module
+    from teli.config import build_config
+
+    small = {"teachers.optim.steps": 20, "student.optim.steps": 5, "progress": False, "out_dir": str(tmp_path)}
+    pipeline.train_teachers(build_config(overrides={**small, "name": "T"}))
+    calls = []
+    monkeypatch.setattr(pipeline, "teacher_logits", lambda *a, **k: calls.append(1) or teachers_module.teacher_logits(*a, **k))
+    cfg = build_config(overrides={**small, "name": "S", "data.strong_augment": True, "baseline": False})
+    summary = pipeline.distill(cfg, tmp_path / "T")
+    assert calls == [], "the pool was run through the teachers again"
+    assert "strong_augment: true" in (tmp_path / "S" / "config.yaml").read_text()
+    assert summary["models"][-1]["name"].startswith("student")
+    cached = (tmp_path / "T" / "teacher_logits.safetensors").read_bytes()
+    assert (tmp_path / "S" / "teacher_logits.safetensors").read_bytes() == cached

@@ -155,9 +155,26 @@ def stage_teachers(run: Run, sources: list[Path] | None) -> list[Teacher]:
     return teachers
 
 
+def reusable_cache(run: Run, teachers: list[Teacher]) -> torch.Tensor | None:
+    """The teachers' own run's cached logits, if they are these teachers' on this pool: checked by
+    recomputing them on a sample of 64 pool images (`distill` then skips a pass over the pool)."""
+    source = run.cfg.teachers.from_run
+    path = Path(source) / "teacher_logits.safetensors" if source else None
+    if path is None or not path.is_file():
+        return None
+    cached = load_tensors(path)["logits"].to(run.fabric.device)
+    if cached.shape != (len(teachers), len(run.data.x_u), run.data.num_classes):
+        return None
+    probe = torch.linspace(0, len(run.data.x_u) - 1, min(64, len(run.data.x_u))).long().to(run.fabric.device)
+    fresh = torch.stack([predict_logits(t.model, run.data.x_u[probe], run.data.prepare) for t in teachers])
+    return cached if torch.allclose(fresh, cached[:, probe], rtol=1e-4, atol=1e-4) else None
+
+
 def stage_cache(run: Run, teachers: list[Teacher]) -> torch.Tensor:
     start = time.perf_counter()
-    logits = teacher_logits([t.model for t in teachers], run.data)
+    logits = reusable_cache(run, teachers)
+    if logits is None:
+        logits = teacher_logits([t.model for t in teachers], run.data)
     save_tensors(run.dir / "teacher_logits.safetensors", {"logits": logits})
     run.wall["teacher_cache"] = time.perf_counter() - start
     return logits
@@ -292,9 +309,11 @@ def config_of(run_dir: Path) -> RunConfig:
 
 def distill(cfg: RunConfig, teachers_run: Path, overwrite: bool = False, resume: Path | None = None,
             allow_change: list[str] | None = None) -> dict:
-    """Stages 2 and 3 with the teachers of an earlier run, on that run's data split."""
+    """Stages 2 and 3 with the teachers of an earlier run, on that run's data split (the student's own
+    data settings, such as strong augmentation, stay as given)."""
     teachers_cfg = config_of(teachers_run)
-    data = teachers_cfg.data.model_copy(update={"split_seed": teachers_cfg.data.split_seed if teachers_cfg.data.split_seed is not None else teachers_cfg.seed})
+    split_seed = teachers_cfg.data.split_seed if teachers_cfg.data.split_seed is not None else teachers_cfg.seed
+    data = teachers_cfg.data.model_copy(update={"split_seed": split_seed, "strong_augment": cfg.data.strong_augment})
     teachers = cfg.teachers.model_copy(update={"from_run": str(teachers_run)})
     return run(cfg.model_copy(update={"data": data, "teachers": teachers}), overwrite, resume, allow_change)
 
