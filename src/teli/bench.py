@@ -39,6 +39,7 @@ METHODS: dict[str, dict] = {
     "TELI-fixed": {"algorithm": "teli", "teli.lambda_mode": "fixed"},
     "TELI-beta": {"algorithm": "teli", "teli.lambda_mode": "beta"},
     "TELI-meta": {"algorithm": "teli", "teli.lambda_mode": "meta"},
+    "TELI-beta+strong": {"algorithm": "teli", "teli.lambda_mode": "beta", "data.strong_augment": True},
 }
 REFERENCE = "TELI-beta"  # --budget time matches every method's wall time to this one's
 
