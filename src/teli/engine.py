@@ -127,8 +127,7 @@ def _progress(total: int, label: str, enabled: bool):
 
 def train(algorithm: Algorithm, batches: Iterator[dict[str, torch.Tensor]], cfg: OptimConfig, *, fabric: Fabric,
           stage: str, log: MetricsLog | None = None, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-          progress: bool = True, extra_params: list[nn.Parameter] | None = None,
-          checkpoints: StageCheckpoints | None = None) -> TrainResult:
+          progress: bool = True, checkpoints: StageCheckpoints | None = None) -> TrainResult:
     """Train `algorithm.model` for `cfg.steps` steps on `batches`, continuing from `checkpoints` if they hold any."""
     log = log or MetricsLog(None)
     model = algorithm.model
