@@ -178,3 +178,30 @@ def test_distill_reuses_the_teachers_cached_logits_and_keeps_the_students_data_s
     assert summary["models"][-1]["name"].startswith("student")
     cached = (tmp_path / "T" / "teacher_logits.safetensors").read_bytes()
     assert (tmp_path / "S" / "teacher_logits.safetensors").read_bytes() == cached
+
+
+@pytest.mark.parametrize("mode, round3_teachers", [("join", 4), ("replace", 3)])
+def test_rounds_put_the_student_among_the_next_rounds_teachers(tmp_path, mode, round3_teachers):
+    from safetensors.torch import load_file
+
+    from teli import pipeline
+    from teli.config import build_config
+
+    cfg = build_config(overrides={"teachers.optim.steps": 20, "student.optim.steps": 10, "progress": False,
+                                  "out_dir": str(tmp_path), "name": "R", "baseline": False, "rounds": 3, "rounds_mode": mode})
+    summary = pipeline.run(cfg)
+    names = [m["name"] for m in summary["models"]]
+    assert names[-3:] == ["student (TELI-beta, round 1)", "student (TELI-beta, round 2)", "student (TELI-beta, round 3)"]
+    run = tmp_path / "R"
+    assert (run / "student_round1.safetensors").is_file() and (run / "student_round2.safetensors").is_file()
+    assert load_file(run / "teacher_logits.safetensors")["logits"].shape[0] == 2
+    assert load_file(run / "teacher_logits_round2.safetensors")["logits"].shape[0] == 3
+    assert load_file(run / "teacher_logits_round3.safetensors")["logits"].shape[0] == round3_teachers
+
+
+def test_rounds_need_an_algorithm_with_teachers(tmp_path, capsys):
+    from teli.cli import main
+
+    assert main(["run", "--algorithm", "fixmatch", "--set", "rounds=2", "--out", str(tmp_path), "--quiet"]) == 2
+    assert "rounds=2 needs an algorithm with teachers" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

@@ -40,6 +40,7 @@ METHODS: dict[str, dict] = {
     "TELI-beta": {"algorithm": "teli", "teli.lambda_mode": "beta"},
     "TELI-meta": {"algorithm": "teli", "teli.lambda_mode": "meta"},
     "TELI-beta+strong": {"algorithm": "teli", "teli.lambda_mode": "beta", "data.strong_augment": True},
+    "TELI-beta+strong+2rounds": {"algorithm": "teli", "teli.lambda_mode": "beta", "data.strong_augment": True, "rounds": 2},
 }
 REFERENCE = "TELI-beta"  # --budget time matches every method's wall time to this one's
 
@@ -157,7 +158,8 @@ def calibrate(suite: str, names: list[str], root: Path, teachers_dir: Path, base
 
 
 def _model(summary: dict, prefix: str) -> dict | None:
-    return next((m for m in summary["models"] if m["name"].startswith(prefix)), None)
+    """The last model row named `prefix...`: for students, the final one (after any rounds)."""
+    return next((m for m in reversed(summary["models"]) if m["name"].startswith(prefix)), None)
 
 
 def _rows(cells: dict[str, dict[int, dict]], seeds: list[int], steps: dict[str, int]) -> list[dict]:

@@ -157,6 +157,9 @@ class RunConfig(Section):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: measured best for this machine")
     deterministic: bool = False
     baseline: bool = Field(True, description="also train a supervised-only student for comparison")
+    rounds: int = Field(1, ge=1, description="Noisy-Student rounds: the student of round r teaches in round r+1")
+    rounds_mode: Literal["join", "replace"] = Field(
+        "join", description="join: every round's student joins the teachers; replace: only the latest student sits beside them")
     progress: bool = True
     data: DataConfig = Field(default_factory=DataConfig)
     teachers: TeachersConfig = Field(default_factory=TeachersConfig)

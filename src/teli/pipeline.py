@@ -170,13 +170,14 @@ def reusable_cache(run: Run, teachers: list[Teacher]) -> torch.Tensor | None:
     return cached if torch.allclose(fresh, cached[:, probe], rtol=1e-4, atol=1e-4) else None
 
 
-def stage_cache(run: Run, teachers: list[Teacher]) -> torch.Tensor:
+def stage_cache(run: Run, teachers: list[Teacher], round_: int = 1) -> torch.Tensor:
     start = time.perf_counter()
-    logits = reusable_cache(run, teachers)
+    logits = reusable_cache(run, teachers) if round_ == 1 else None
     if logits is None:
         logits = teacher_logits([t.model for t in teachers], run.data)
-    save_tensors(run.dir / "teacher_logits.safetensors", {"logits": logits})
-    run.wall["teacher_cache"] = time.perf_counter() - start
+    suffix = "" if round_ == 1 else f"_round{round_}"
+    save_tensors(run.dir / f"teacher_logits{suffix}.safetensors", {"logits": logits})
+    run.wall["teacher_cache" + suffix] = time.perf_counter() - start
     return logits
 
 
@@ -184,8 +185,9 @@ def _student_meta(run: Run, kind: str, row: dict) -> dict:
     return {"kind": kind, "arch": run.cfg.student.model.model_dump(), **data_signature(run.data), "test_accuracy": row["accuracy"]}
 
 
-def student_label(cfg: RunConfig) -> str:
-    return f"student (TELI-{cfg.teli.lambda_mode})" if cfg.algorithm == "teli" else f"student ({cfg.algorithm})"
+def student_label(cfg: RunConfig, round_: int | None = None) -> str:
+    method = f"TELI-{cfg.teli.lambda_mode}" if cfg.algorithm == "teli" else cfg.algorithm
+    return f"student ({method}{f', round {round_}' if round_ else ''})"
 
 
 def student_optim(cfg: RunConfig):
@@ -206,19 +208,21 @@ def student_batches(cfg: RunConfig, data: SSLData, seed: int | None = None) -> S
                       strong=unlabelled > 0 and (cfg.data.strong_augment or name in USES_STRONG))
 
 
-def train_student(run: Run, algorithm_name: str, logits: torch.Tensor | None, label: str, file: str) -> nn.Module:
+def train_student(run: Run, algorithm_name: str, logits: torch.Tensor | None, label: str, file: str,
+                  stage: str | None = None) -> nn.Module:
     """Train one student with `algorithm_name` (same architecture, initial weights and steps for every
     algorithm, so students compare fairly), score it on the test set and save it as `file`."""
+    stage = stage or algorithm_name
     cfg = run.cfg.model_copy(update={"algorithm": algorithm_name})
     start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.student.model, run.data.input_shape, run.data.num_classes).to(run.fabric.device)
     optim = student_optim(cfg)
     batches = student_batches(cfg, run.data)
-    labelled_batch(run, algorithm_name, optim.batch_size)  # records the clamped size in summary.json
+    labelled_batch(run, stage, optim.batch_size)  # records the clamped size in summary.json
     algorithm = build_algorithm(algorithm_name, model, logits, cfg, batches.rng, run.data)
-    result = train(algorithm, batches, optim, fabric=run.fabric, stage=algorithm_name, log=run.log, evaluate=run.evaluator(),
-                   progress=cfg.progress, checkpoints=run.checkpoints(algorithm_name, cache=logits))
+    result = train(algorithm, batches, optim, fabric=run.fabric, stage=stage, log=run.log, evaluate=run.evaluator(),
+                   progress=cfg.progress, checkpoints=run.checkpoints(stage, cache=logits))
     row = run.score(label, describe_arch(cfg.student.model), result.model)
     if hasattr(algorithm, "head"):  # the meta-learned lambda head: its weights and skill on the pool
         labels = algorithm.labels
@@ -226,12 +230,28 @@ def train_student(run: Run, algorithm_name: str, logits: torch.Tensor | None, la
         hidden = run.data.y_u_hidden[labels.disagree] if run.data.y_u_hidden is not None else None
         run.extra["lambda_head"] = lambda_diagnostics(algorithm.pool_weights()[labels.disagree], labels.preds[:, labels.disagree], hidden)
     save_model(run.dir / file, result.model, _student_meta(run, file.split(".")[0], row))
-    run.wall[algorithm_name] = time.perf_counter() - start
+    run.wall[stage] = time.perf_counter() - start
     return result.model
 
 
-def stage_student(run: Run, logits: torch.Tensor | None) -> nn.Module:
-    return train_student(run, run.cfg.algorithm, logits, student_label(run.cfg), "student.safetensors")
+def stage_student(run: Run, logits: torch.Tensor | None, round_: int = 1) -> nn.Module:
+    """The student of `cfg.algorithm`; with rounds, round r's is saved as student_round{r} and the last
+    round's as student.safetensors."""
+    cfg = run.cfg
+    if cfg.rounds == 1:
+        return train_student(run, cfg.algorithm, logits, student_label(cfg), "student.safetensors")
+    file = "student.safetensors" if round_ == cfg.rounds else f"student_round{round_}.safetensors"
+    stage = cfg.algorithm if round_ == 1 else f"{cfg.algorithm}-round{round_}"
+    return train_student(run, cfg.algorithm, logits, student_label(cfg, round_), file, stage)
+
+
+def next_teachers(teachers: list[Teacher], student: nn.Module, cfg: RunConfig, round_: int) -> list[Teacher]:
+    """Round r+1's teachers (Noisy Student): the student joins them, or replaces the previous round's student."""
+    student.eval().requires_grad_(False)
+    joined = Teacher(cfg.student.model, student)
+    if cfg.rounds_mode == "replace" and round_ > 2:
+        return teachers[:-1] + [joined]
+    return teachers + [joined]
 
 
 def stage_baseline(run: Run) -> nn.Module:
@@ -278,6 +298,9 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: Path | None = None, all
     With `resume`, continue that interrupted run folder (finished stages are loaded from their checkpoints)."""
     started = time.perf_counter()
     check_algorithm(cfg.algorithm)
+    if cfg.rounds > 1 and cfg.algorithm not in USES_TEACHERS:
+        raise TeliError(f"rounds={cfg.rounds} needs an algorithm with teachers (teli, pseudo-label, ensemble-kd), "
+                        f"not '{cfg.algorithm}': set rounds=1")
     sources = _teacher_sources(cfg)
     kind = f"teli-{cfg.teli.lambda_mode}" if cfg.algorithm == "teli" else cfg.algorithm
     r = open_run(cfg, kind, overwrite, resume, allow_change, sources)
@@ -287,7 +310,11 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: Path | None = None, all
         logits = stage_cache(r, teachers)
     if cfg.baseline and cfg.algorithm != "supervised":  # the student already is the supervised-only one
         stage_baseline(r)
-    stage_student(r, logits)
+    student = stage_student(r, logits)
+    for round_ in range(2, cfg.rounds + 1):
+        teachers = next_teachers(teachers, student, cfg, round_)
+        logits = stage_cache(r, teachers, round_)
+        student = stage_student(r, logits, round_)
     return finish(r, logits, started)
 
 
