@@ -178,7 +178,9 @@ def _rows(cells: dict[str, dict[int, dict]], seeds: list[int], steps: dict[str, 
 
 def _row(name: str, algorithm: str, models: list[dict], summaries: list[dict], wall_key: str, steps: int | None) -> dict:
     accs = [m["accuracy"] for m in models]
-    wall = [s["wall_seconds"].get(wall_key, float("nan")) for s in summaries]
+    # a student's training time, all rounds included (stages "teli", "teli-round2", ...)
+    wall = [sum(v for k, v in s["wall_seconds"].items() if k == wall_key or k.startswith(f"{wall_key}-round")) or float("nan")
+            for s in summaries]
     return {"method": name, "algorithm": algorithm, "arch": models[0]["arch"], "accuracy": accs, "mean": statistics.mean(accs),
             "std": statistics.pstdev(accs), "ece_mean": statistics.mean(m["ece"] for m in models),
             "wall_seconds": wall, "wall_seconds_mean": statistics.mean(wall), "wall_seconds_std": statistics.pstdev(wall),
