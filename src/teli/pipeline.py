@@ -259,9 +259,10 @@ def stage_baseline(run: Run) -> nn.Module:
     return train_student(run, "supervised", None, "student (supervised only)", "supervised.safetensors")
 
 
-def finish(run: Run, logits: torch.Tensor | None, started: float) -> dict:
+def summarize(run: Run, logits: torch.Tensor | None) -> dict:
+    """What a run reports: its models' test scores, wall times and the pseudo-label diagnostics of the
+    (last round's) teachers."""
     cfg = run.cfg
-    run.wall["total"] = time.perf_counter() - started
     summary = {
         "run_dir": str(run.dir),
         "dataset": cfg.data.label,
@@ -276,8 +277,13 @@ def finish(run: Run, logits: torch.Tensor | None, started: float) -> dict:
     if logits is not None:
         labels = pseudo_labels(logits, cfg.teli.temperature, cfg.teli.threshold, cfg.teli.use_mask)
         summary["pseudo_labels"] = pseudo_label_diagnostics(labels, run.data.y_u_hidden)
-    summary.update(run.extra)
-    summary["lambda_over_training"] = lambda_trace(run.dir / "metrics.jsonl", cfg.algorithm)
+    return summary
+
+
+def finish(run: Run, logits: torch.Tensor | None, started: float) -> dict:
+    run.wall["total"] = time.perf_counter() - started
+    summary = {**summarize(run, logits), **run.extra}
+    summary["lambda_over_training"] = lambda_trace(run.dir / "metrics.jsonl", run.cfg.algorithm)
     atomic_write_text(run.dir / "summary.json", json.dumps(summary, indent=2))
     run.log.close()
     return summary
@@ -356,19 +362,13 @@ def evaluate(run_dir: Path) -> dict:
     for i, path in enumerate(teacher_files(run_dir)):
         teacher = load_teacher(path, data, fabric.device)
         r.score(f"teacher {i + 1}", describe_arch(teacher.spec), teacher.model)
-    for file, name in [("supervised.safetensors", "student (supervised only)"), ("student.safetensors", student_label(cfg))]:
+    final = student_label(cfg, cfg.rounds if cfg.rounds > 1 else None)
+    for file, name in [("supervised.safetensors", "student (supervised only)"), ("student.safetensors", final)]:
         if (run_dir / file).is_file():
             model = build_model(cfg.student.model, data.input_shape, data.num_classes).to(fabric.device)
             load_model_state(run_dir / file, model)
             r.score(name, describe_arch(cfg.student.model), model)
-    cache = run_dir / "teacher_logits.safetensors"
+    cache = run_dir / ("teacher_logits.safetensors" if cfg.rounds == 1 else f"teacher_logits_round{cfg.rounds}.safetensors")
     logits = load_tensors(cache)["logits"].to(fabric.device) if cache.is_file() else None
-    summary = {
-        "run_dir": str(run_dir), "dataset": cfg.data.label, "labels_per_class": cfg.data.labels_per_class,
-        "seed": cfg.seed, "lambda_mode": cfg.teli.lambda_mode, "models": r.models,
-        "wall_seconds": {"evaluate": round(time.perf_counter() - started, 2)},
-    }
-    if logits is not None:
-        labels = pseudo_labels(logits, cfg.teli.temperature, cfg.teli.threshold, cfg.teli.use_mask)
-        summary["pseudo_labels"] = pseudo_label_diagnostics(labels, data.y_u_hidden)
-    return summary
+    r.wall["evaluate"] = time.perf_counter() - started
+    return summarize(r, logits)
