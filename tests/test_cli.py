@@ -83,25 +83,16 @@ def test_bad_input_refused_by_other_commands(command, tmp_path, capsys, teachers
     assert_refused(code, err, out_dir, match="learning rate")
 
 
-def test_unknown_key_in_yaml_file(tmp_path, capsys):
-    config = write(tmp_path / "c.yaml", "teli:\n  gamma: 0.2\n  treshold: 0.5\n")
+@pytest.mark.parametrize("text, match", [
+    ("teli:\n  gamma: 0.2\n  treshold: 0.5\n", "unknown config key 'teli.treshold'"),
+    ("teli:\n  gamma: [0.2\n  threshold: 0.5\n", "not valid YAML"),
+    ("- just\n- a list\n", "must hold a mapping"),
+], ids=["unknown key", "malformed", "not a mapping"])
+def test_bad_yaml_file(tmp_path, capsys, text, match):
+    config = write(tmp_path / "c.yaml", text)
     out_dir = tmp_path / "runs"
     code, _, err = cli(capsys, "run", "--config", str(config), "--out", str(out_dir), *TINY)
-    assert_refused(code, err, out_dir, match="unknown config key 'teli.treshold'")
-
-
-def test_malformed_yaml_file(tmp_path, capsys):
-    config = write(tmp_path / "c.yaml", "teli:\n  gamma: [0.2\n  threshold: 0.5\n")
-    out_dir = tmp_path / "runs"
-    code, _, err = cli(capsys, "run", "--config", str(config), "--out", str(out_dir), *TINY)
-    assert_refused(code, err, out_dir, match="not valid YAML")
-
-
-def test_yaml_file_that_is_not_a_mapping(tmp_path, capsys):
-    config = write(tmp_path / "c.yaml", "- just\n- a list\n")
-    out_dir = tmp_path / "runs"
-    code, _, err = cli(capsys, "run", "--config", str(config), "--out", str(out_dir), *TINY)
-    assert_refused(code, err, out_dir, match="must hold a mapping")
+    assert_refused(code, err, out_dir, match=match)
 
 
 def test_unknown_command(tmp_path, capsys):

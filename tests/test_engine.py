@@ -56,27 +56,27 @@ def test_loss_falls_and_is_logged(tmp_path, fabric):
     assert acc > 0.95
 
 
-def test_warmup_cosine_values():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    sched = warmup_cosine(opt, warmup_steps=2, total_steps=6)
+def scheduled_lrs(lr: float, warmup_steps: int, total_steps: int, count: int) -> list[float]:
+    """The learning rate warmup_cosine gives for the first `count` steps."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = warmup_cosine(opt, warmup_steps=warmup_steps, total_steps=total_steps)
     seen = []
-    for _ in range(7):
+    for _ in range(count):
         seen.append(sched.get_last_lr()[0])
         opt.step()
         sched.step()
+    return seen
+
+
+def test_warmup_cosine_values():
+    seen = scheduled_lrs(1.0, warmup_steps=2, total_steps=6, count=7)
     c = math.cos
     expected = [0.5, 1.0, 1.0, 0.5 * (1 + c(math.pi / 4)), 0.5, 0.5 * (1 + c(3 * math.pi / 4)), 0.0]
     assert seen == pytest.approx(expected, abs=1e-12)
 
 
 def test_warmup_cosine_without_warmup_starts_at_full_lr():
-    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.2)
-    sched = warmup_cosine(opt, warmup_steps=0, total_steps=4)
-    seen = []
-    for _ in range(5):
-        seen.append(sched.get_last_lr()[0])
-        opt.step()
-        sched.step()
+    seen = scheduled_lrs(0.2, warmup_steps=0, total_steps=4, count=5)
     assert seen == pytest.approx([0.2, 0.2 * 0.5 * (1 + math.cos(math.pi / 4)), 0.1, 0.2 * 0.5 * (1 + math.cos(3 * math.pi / 4)), 0.0])
 
 

@@ -63,6 +63,7 @@ class Run:
     models: list[dict] = field(default_factory=list)
     extra: dict = field(default_factory=dict)  # algorithm-specific diagnostics for summary.json
     allow_change: list[str] = field(default_factory=list)
+    given_teachers: list[Teacher] = field(default_factory=list)  # from files or an earlier run, already checked
     _data_digest: str | None = None
 
     def checkpoints(self, stage: str, cache: torch.Tensor | None = None) -> StageCheckpoints:
@@ -93,25 +94,26 @@ def default_run_name(cfg: RunConfig, kind: str) -> str:
     return f"{cfg.data.label}-k{cfg.data.labels_per_class}-{kind}-s{cfg.seed}-{stamp}"
 
 
-def check_inputs(cfg: RunConfig, data: SSLData, sources: list[Path] | None) -> None:
-    """Refuse unknown architectures and teacher files that do not fit the data, before any training."""
+def check_inputs(cfg: RunConfig, data: SSLData, sources: list[Path] | None, device: torch.device) -> list[Teacher]:
+    """Refuse unknown architectures and teacher files that do not fit the data, before any training;
+    return the given teachers, loaded (sidecar, data signature, architecture, weights that fit)."""
     specs = [cfg.student.model] + ([] if sources else list(cfg.teachers.models))
     for spec in specs:
         check_arch(spec.arch)
-    for path in sources or []:
-        load_teacher(path, data, "cpu")  # sidecar, data signature, architecture, readable weights that fit
+    return [load_teacher(path, data, device) for path in sources or []]
 
 
 def open_run(cfg: RunConfig, kind: str, overwrite: bool = False, resume: Path | None = None,
              allow_change: list[str] | None = None, sources: list[Path] | None = None) -> Run:
     fabric = setup_fabric(cfg.accelerator, cfg.precision, cfg.threads, cfg.seed, cfg.deterministic)
     data = prepare_data(cfg, fabric.device)
-    check_inputs(cfg, data, sources)
+    given_teachers = check_inputs(cfg, data, sources, fabric.device)
     if resume is not None:
         run_dir = reopen_run_dir(Path(resume), cfg, allow_change or [])
     else:
         run_dir = create_run_dir(Path(cfg.out_dir) / (cfg.name or default_run_name(cfg, kind)), cfg, overwrite)
-    return Run(cfg, run_dir, data, fabric, MetricsLog(run_dir / "metrics.jsonl"), allow_change=allow_change or [])
+    return Run(cfg, run_dir, data, fabric, MetricsLog(run_dir / "metrics.jsonl"), allow_change=allow_change or [],
+               given_teachers=given_teachers)
 
 
 def _teacher_sources(cfg: RunConfig) -> list[Path] | None:
@@ -132,11 +134,11 @@ def labelled_batch(run: Run, stage: str, batch_size: int) -> int:
     return size
 
 
-def stage_teachers(run: Run, sources: list[Path] | None) -> list[Teacher]:
-    """Load the given teacher files, or train `cfg.teachers.models` on the labelled set."""
+def stage_teachers(run: Run) -> list[Teacher]:
+    """The given teachers (loaded by check_inputs), or `cfg.teachers.models` trained on the labelled set."""
     start = time.perf_counter()
-    if sources:
-        teachers = [load_teacher(p, run.data, run.fabric.device) for p in sources]
+    if run.given_teachers:
+        teachers = run.given_teachers
     else:
         cfg = run.cfg
         teachers = []
@@ -312,7 +314,7 @@ def run(cfg: RunConfig, overwrite: bool = False, resume: Path | None = None, all
     r = open_run(cfg, kind, overwrite, resume, allow_change, sources)
     logits = None
     if cfg.algorithm in USES_TEACHERS:  # FixMatch and supervised-only need no teachers
-        teachers = stage_teachers(r, sources)
+        teachers = stage_teachers(r)
         logits = stage_cache(r, teachers)
     if cfg.baseline and cfg.algorithm != "supervised":  # the student already is the supervised-only one
         stage_baseline(r)
@@ -329,7 +331,7 @@ def train_teachers(cfg: RunConfig, overwrite: bool = False, resume: Path | None 
     """Stage 1 alone: a run folder holding trained teachers for `distill --teachers RUN`."""
     started = time.perf_counter()
     r = open_run(cfg, "teachers", overwrite, resume, allow_change)
-    teachers = stage_teachers(r, None)
+    teachers = stage_teachers(r)
     return finish(r, stage_cache(r, teachers), started)
 
 
