@@ -155,3 +155,40 @@ def test_presets_validate_and_reach_the_data_step(preset, tmp_path, capsys):
 
 def test_presets_exist():
     assert {p.stem for p in PRESETS} >= {"fashion-mnist-10", "fashion-mnist-100", "cifar10-4", "cifar10-25"}
+
+
+def test_runs_unpacking_and_caching_into_one_data_root_at_once_do_not_collide(tmp_path):
+    # two bench suites started together share data/: each must get whole files (once they shared one ".part")
+    import gzip
+    import threading
+
+    from teli.data.cache import cached_arrays
+
+    payload = np.random.default_rng(0).integers(0, 256, 8_000_000, dtype=np.uint8).tobytes()
+    src = tmp_path / "train-images-idx3-ubyte.gz"
+    src.write_bytes(gzip.compress(payload, compresslevel=1))
+    (tmp_path / "raw").mkdir()
+    arrays = {"x": np.frombuffer(payload, dtype=np.uint8)}
+    errors, got = [], []
+    start = threading.Barrier(4)
+
+    def one_run():
+        try:
+            start.wait()
+            tvs._gunzip(src, tmp_path / "raw" / "train-images-idx3-ubyte")
+            got.append(cached_arrays(tmp_path, "fake", [src], lambda: dict(arrays))["x"])
+        except Exception as err:  # noqa: BLE001 - collected and shown below
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=one_run) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert (tmp_path / "raw" / "train-images-idx3-ubyte").read_bytes() == payload
+    assert len(got) == 4 and all(np.array_equal(x, arrays["x"]) for x in got)
+    assert np.array_equal(cached_arrays(tmp_path, "fake", [src], lambda: {})["x"], arrays["x"])  # a whole cache was kept
+    leftovers = [p.name for p in [*tmp_path.joinpath("raw").iterdir(), *tmp_path.joinpath(".teli-cache").iterdir()]
+                 if p.name.endswith(".part")]
+    assert leftovers == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -45,17 +46,21 @@ def cached_arrays(data_root: str | Path, key: str, files: list[Path], build: Cal
     except (OSError, ValueError, KeyError):
         pass
     arrays = build()
+    tmp = None
     try:
-        tmp = folder.with_name(folder.name + ".part")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        # a folder of this call's own: two runs building one cache at once must not write into the same one
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".part"))
         big = {k: v for k, v in arrays.items() if v.ndim > 0}
         for name, array in big.items():
             np.save(tmp / f"{name}.npy", array)
         scalars = {k: v.item() for k, v in arrays.items() if v.ndim == 0}
         (tmp / "meta.json").write_text(json.dumps({"fingerprint": stamp, "arrays": sorted(big), "scalars": scalars}))
         shutil.rmtree(folder, ignore_errors=True)
-        tmp.replace(folder)
+        tmp.replace(folder)  # fails if another run put its (equally good) cache there first: keep that one
     except OSError:
         pass  # read-only data_root: no cache, the arrays are still good
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return arrays

@@ -10,10 +10,12 @@ gets it.
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import shutil
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -90,10 +92,15 @@ def _unreadable(path: Path, err: Exception) -> TeliError:
 
 
 def _gunzip(src: Path, dst: Path) -> None:
-    tmp = dst.with_suffix(".part")
-    with gzip.open(src, "rb") as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout)
-    tmp.replace(dst)
+    # a temporary file of this call's own: two runs unpacking into one data root at once must not share one
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".part")
+    try:
+        with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        os.replace(tmp, dst)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _ensure_idx(name: str, root: Path, download: bool) -> Path:
