@@ -48,6 +48,49 @@ def test_interrupted_bench_resumes_without_recomputing_finished_cells(tmp_path, 
     assert (tmp_path / "digits" / "accuracy_vs_time.png").stat().st_size > 1000
 
 
+def test_a_finished_cell_made_with_other_settings_is_refused_naming_the_key(tmp_path):
+    bench.run_suite("digits", [0], tmp_path, TINY, methods=["TELI-beta"])
+    with pytest.raises(TeliError, match=r"TELI-beta-s0 was run with teli.alpha=0.1, the bench now asks for 0.5: delete") as err:
+        bench.run_suite("digits", [0], tmp_path, {**TINY, "teli.alpha": 0.5}, methods=["TELI-beta"])
+    assert "\n" not in str(err.value)
+    with pytest.raises(TeliError, match=r"teachers-s0 was run with teachers.optim.steps=8"):
+        bench.run_suite("digits", [0], tmp_path, {**TINY, "teachers.optim.steps": 9}, methods=["TELI-beta"])
+
+
+def _as_in_git(suite_dir):
+    """What a fresh checkout holds of a bench folder: each cell's summary.json and config.yaml (.gitignore)."""
+    import shutil
+
+    for cell in (p for p in suite_dir.iterdir() if p.is_dir()):
+        for item in cell.iterdir():
+            if item.name not in ("summary.json", "config.yaml"):
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+
+
+def test_a_fresh_checkout_goes_on_from_the_committed_cells(tmp_path, monkeypatch):
+    import shutil
+
+    bench.run_suite("digits", [0], tmp_path, TINY, methods=["supervised-only", "TELI-beta"])
+    suite = tmp_path / "digits"
+    _as_in_git(suite)
+    shutil.rmtree(suite / "TELI-beta-s0")  # a cell still to run
+    real, calls = bench.distill, []
+    monkeypatch.setattr(bench, "distill", lambda cfg, *a, **k: calls.append(cfg.name) or real(cfg, *a, **k))
+    results = bench.run_suite("digits", [0], tmp_path, TINY, methods=["supervised-only", "TELI-beta"])
+    assert calls == ["TELI-beta-s0"]  # the committed cell is reused; the teachers were trained again, the same
+    assert list((suite / "teachers-s0" / "teachers").glob("teacher_*.safetensors"))
+    assert [r["method"] for r in results["rows"]] == ["teacher 1", "teacher 2", "supervised-only", "TELI-beta"]
+
+    # teachers that come out different (another machine, another library) are not mixed with the finished cells
+    _as_in_git(suite)
+    shutil.rmtree(suite / "TELI-beta-s0")
+    summary = json.loads((suite / "teachers-s0" / "summary.json").read_text())
+    summary["models"][0]["accuracy"] += 0.01
+    (suite / "teachers-s0" / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(TeliError, match=r"teachers-s0 were trained again .* delete .*digits to rerun the whole suite"):
+        bench.run_suite("digits", [0], tmp_path, TINY, methods=["supervised-only", "TELI-beta"])
+
+
 def test_time_budget_scales_steps_by_measured_step_time(tmp_path, monkeypatch):
     import teli.speed
 

@@ -3,15 +3,18 @@
 A suite is a base config (a preset file from configs/ and dotted overrides) and a list of methods
 (an algorithm and its overrides), run over seeds. Each (method, seed) cell is a normal teli run
 folder under OUT/SUITE/ (OUT/SUITE-time/ for --budget time), so a finished cell (its summary.json
-exists) is not rerun: an interrupted bench resumes where it stopped. Per seed the teachers are
-trained once (OUT/SUITE/teachers-sSEED) and shared by every method that uses teachers.
+exists) is not rerun: an interrupted bench resumes where it stopped. A finished cell made with other
+settings than the bench would use now is refused, naming the key. Per seed the teachers are trained
+once (OUT/SUITE/teachers-sSEED) and shared by every method that uses teachers. The repository keeps
+each cell's summary.json and config.yaml (not its weights), so a suite run over several sessions or
+machines goes on where it stopped; teachers are retrained when needed and must score as before.
 
 Budgets: `steps` gives every method the suite's student steps; `time` scales each method's steps by
 its measured step time so that its training takes as long as TELI-beta's (the calibration is
 measured once, interleaved, on seed 0's data and teachers, and kept in calibration.json).
 `teli bench --suite speed` is the speed suite (teli.speed).
 
-    teli bench --suite digits --seeds 0 1 2                 # all 7 methods, minutes on 2 vCPUs
+    teli bench --suite digits --seeds 0 1 2                 # all 9 methods, minutes on 2 vCPUs
     teli bench --suite digits --budget time                 # equal wall time instead of equal steps
     teli bench --suite fashion-mnist-10 --seeds 0 1 2       # about an hour on 2 vCPUs (not run in tests)
     teli bench --suite cifar10-40 --set accelerator=cuda --set data.download=true   # GPU: the presets' budgets
@@ -24,8 +27,11 @@ import json
 import statistics
 from pathlib import Path
 
+import yaml
+
 from teli.config import RunConfig, build_config, read_yaml
 from teli.errors import TeliError
+from teli.fingerprint import config_diff, flatten
 from teli.pipeline import distill, train_teachers
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's presets
@@ -78,12 +84,57 @@ def _summary(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _run_cell(folder: Path, make) -> dict:
+# Keys a finished cell may differ in from the config the bench would use now: where it lies, and what
+# `distill` fills in from the teachers' run (their split seed and folder).
+CELL_FREE = ("out_dir", "name", "progress", "data.split_seed", "teachers.from_run")
+
+
+def check_cell(folder: Path, cfg: RunConfig, only: tuple[str, ...] = ("",)) -> None:
+    """A finished cell is reused only if it was made with the settings the bench would use now (of those
+    starting with one of `only`: the teachers depend on the seed, the data and their own section)."""
+    saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
+    now = cfg.model_dump(mode="json")
+    for key in config_diff(saved, now):
+        if key not in CELL_FREE and key.startswith(only):
+            there, here = flatten(saved).get(key, "<absent>"), flatten(now).get(key, "<absent>")
+            raise TeliError(f"{folder} was run with {key}={there!r}, the bench now asks for {here!r}: "
+                            f"delete that folder to rerun the cell, or give another --out")
+
+
+def _run_cell(folder: Path, cfg: RunConfig, make) -> dict:
     done = _summary(folder)
     if done is not None:
+        check_cell(folder, cfg)
         return done
     make(overwrite=folder.exists())  # a folder without summary.json is an interrupted cell: redo it
     return _summary(folder)
+
+
+TEACHER_KEYS = ("seed", "data.", "teachers.", "accelerator", "precision", "deterministic")
+
+
+def _teacher_scores(summary: dict) -> list[float]:
+    return [m["accuracy"] for m in summary["models"] if m["name"].startswith("teacher")]
+
+
+def _teachers_cell(folder: Path, cfg: RunConfig, needed: bool) -> dict:
+    """The seed's teachers. The repository keeps each cell's summary.json and config.yaml, not its weights:
+    in a fresh checkout the teachers are trained again when a cell still needs them, and must score
+    exactly what the finished cells' teachers scored (same code, seed and library: the same weights)."""
+    done = _summary(folder)
+    if done is not None:
+        check_cell(folder, cfg, only=TEACHER_KEYS)
+        if not needed or any((folder / "teachers").glob("teacher_*.safetensors")):
+            return done
+    if done is None:
+        return _run_cell(folder, cfg, lambda overwrite: train_teachers(cfg, overwrite))
+    train_teachers(cfg, overwrite=True)
+    fresh = _summary(folder)
+    if _teacher_scores(fresh) != _teacher_scores(done):
+        raise TeliError(f"the teachers in {folder} were trained again (their weights are not kept in the repository) and "
+                        f"score {_teacher_scores(fresh)}, not the {_teacher_scores(done)} the finished cells were made with "
+                        f"(another machine or library version?): delete {folder.parent} to rerun the whole suite here")
+    return fresh
 
 
 def cell_config(suite: str, method: str, seed: int, root: Path, base_overrides: dict | None = None,
@@ -119,13 +170,16 @@ def run_suite(suite: str, seeds: list[int], out: Path, base_overrides: dict | No
         base = cell_config(suite, REFERENCE, seed, teachers_root, base_overrides)
         teachers_dir = teachers_root / f"teachers-s{seed}"
         teachers_cfg = base.model_copy(update={"name": teachers_dir.name})
-        cells.setdefault("teachers", {})[seed] = _run_cell(teachers_dir, lambda overwrite: train_teachers(teachers_cfg, overwrite))
+        pending = [m for m in names if _summary(root / f"{m}-s{seed}") is None]
+        uncalibrated = budget == "time" and calibration is None and not (root / "calibration.json").is_file()
+        cells.setdefault("teachers", {})[seed] = _teachers_cell(teachers_dir, teachers_cfg, bool(pending) or uncalibrated)
         if budget == "time" and calibration is None:
             calibration = calibrate(suite, names, root, teachers_dir, base_overrides)
             steps = calibration["steps"]
         for method in names:
             cfg = cell_config(suite, method, seed, root, base_overrides, steps[method])
-            cells.setdefault(method, {})[seed] = _run_cell(root / cfg.name, lambda overwrite, cfg=cfg: distill(cfg, teachers_dir, overwrite))
+            cells.setdefault(method, {})[seed] = _run_cell(root / cfg.name, cfg,
+                                                           lambda overwrite, cfg=cfg: distill(cfg, teachers_dir, overwrite))
     results = {"suite": suite, "seeds": seeds, "budget": budget, "steps": steps, "calibration": calibration,
                "rows": _rows(cells, seeds, steps)}
     root.mkdir(parents=True, exist_ok=True)
