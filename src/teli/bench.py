@@ -23,6 +23,7 @@ measured once, interleaved, on seed 0's data and teachers, and kept in calibrati
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import statistics
 from pathlib import Path
@@ -31,7 +32,7 @@ import yaml
 
 from teli.config import RunConfig, build_config, read_yaml
 from teli.errors import TeliError
-from teli.fingerprint import config_diff, flatten
+from teli.fingerprint import HARMLESS, config_diff, flatten
 from teli.pipeline import distill, train_teachers
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"  # the repository's presets
@@ -84,9 +85,9 @@ def _summary(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-# Keys a finished cell may differ in from the config the bench would use now: where it lies, and what
-# `distill` fills in from the teachers' run (their split seed and folder).
-CELL_FREE = ("out_dir", "name", "progress", "data.split_seed", "teachers.from_run")
+# Keys a finished cell may differ in from the config the bench would use now: those that change no result
+# (where it lies, logging, checkpoints) and what `distill` fills in from the teachers' run.
+CELL_FREE = (*HARMLESS, "data.split_seed", "teachers.from_run")
 
 
 def check_cell(folder: Path, cfg: RunConfig, only: tuple[str, ...] = ("",)) -> None:
@@ -95,7 +96,7 @@ def check_cell(folder: Path, cfg: RunConfig, only: tuple[str, ...] = ("",)) -> N
     saved = yaml.safe_load((folder / "config.yaml").read_text()) or {}
     now = cfg.model_dump(mode="json")
     for key in config_diff(saved, now):
-        if key not in CELL_FREE and key.startswith(only):
+        if not any(fnmatch.fnmatchcase(key, free) for free in CELL_FREE) and key.startswith(only):
             there, here = flatten(saved).get(key, "<absent>"), flatten(now).get(key, "<absent>")
             raise TeliError(f"{folder} was run with {key}={there!r}, the bench now asks for {here!r}: "
                             f"delete that folder to rerun the cell, or give another --out")
