@@ -95,8 +95,13 @@ def test_time_budget_scales_steps_by_measured_step_time(tmp_path, monkeypatch):
     import teli.speed
 
     monkeypatch.setattr(teli.speed, "step_times", lambda cfgs, data, logits, **kw: {"TELI-beta": 0.1, "fixmatch": 0.2})
+    equal_steps = bench.run_suite("digits", [0], tmp_path, TINY, methods=["TELI-beta"])
+    real, calls = bench.distill, []
+    monkeypatch.setattr(bench, "distill", lambda cfg, *a, **k: calls.append(cfg.name) or real(cfg, *a, **k))
     results = bench.run_suite("digits", [0], tmp_path, TINY, budget="time", methods=["fixmatch", "TELI-beta"])
     assert results["steps"] == {"TELI-beta": 8, "fixmatch": 4}  # twice as slow: half the steps
+    assert calls == ["fixmatch-s0"]  # the reference keeps the suite's steps: its equal-steps cell is the same run
+    assert results["rows"][-1]["accuracy"] == equal_steps["rows"][-1]["accuracy"]
     assert json.loads((tmp_path / "digits-time" / "calibration.json").read_text())["steps"]["fixmatch"] == 4
     assert "equal wall time" in (tmp_path / "digits-time" / "results.md").read_text()
     fixmatch = json.loads((tmp_path / "digits-time" / "fixmatch-s0" / "summary.json").read_text())

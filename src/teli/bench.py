@@ -165,21 +165,30 @@ def run_suite(suite: str, seeds: list[int], out: Path, base_overrides: dict | No
     teachers_root = Path(out) / suite
     root = teachers_root if budget == "steps" else Path(out) / f"{suite}-time"
     cells: dict[str, dict[int, dict]] = {}
-    steps: dict[str, int] = {m: cell_config(suite, m, seeds[0], root, base_overrides).student.optim.steps for m in names}
-    calibration = None
+    suite_steps = {m: cell_config(suite, m, seeds[0], root, base_overrides).student.optim.steps for m in names}
+    steps, calibration = suite_steps, None
+
+    def folder_of(method: str, seed: int) -> Path:
+        # a time-budget cell that keeps the suite's steps (the reference method) is the same run as the
+        # equal-steps cell, but for its out_dir: that one is reused when it exists
+        same = teachers_root / f"{method}-s{seed}"
+        if root != teachers_root and steps[method] == suite_steps[method] and _summary(same) is not None:
+            return same
+        return root / f"{method}-s{seed}"
+
     for seed in seeds:
         base = cell_config(suite, REFERENCE, seed, teachers_root, base_overrides)
         teachers_dir = teachers_root / f"teachers-s{seed}"
         teachers_cfg = base.model_copy(update={"name": teachers_dir.name})
-        pending = [m for m in names if _summary(root / f"{m}-s{seed}") is None]
         uncalibrated = budget == "time" and calibration is None and not (root / "calibration.json").is_file()
-        cells.setdefault("teachers", {})[seed] = _teachers_cell(teachers_dir, teachers_cfg, bool(pending) or uncalibrated)
+        pending = uncalibrated or any(_summary(folder_of(m, seed)) is None for m in names)
+        cells.setdefault("teachers", {})[seed] = _teachers_cell(teachers_dir, teachers_cfg, pending)
         if budget == "time" and calibration is None:
             calibration = calibrate(suite, names, root, teachers_dir, base_overrides)
             steps = calibration["steps"]
         for method in names:
             cfg = cell_config(suite, method, seed, root, base_overrides, steps[method])
-            cells.setdefault(method, {})[seed] = _run_cell(root / cfg.name, cfg,
+            cells.setdefault(method, {})[seed] = _run_cell(folder_of(method, seed), cfg,
                                                            lambda overwrite, cfg=cfg: distill(cfg, teachers_dir, overwrite))
     results = {"suite": suite, "seeds": seeds, "budget": budget, "steps": steps, "calibration": calibration,
                "rows": _rows(cells, seeds, steps)}
