@@ -14,7 +14,7 @@ its measured step time so that its training takes as long as TELI-beta's (the ca
 measured once, interleaved, on seed 0's data and teachers, and kept in calibration.json).
 `teli bench --suite speed` is the speed suite (teli.speed).
 
-    teli bench --suite digits --seeds 0 1 2                 # all 9 methods, minutes on 2 vCPUs
+    teli bench --suite digits --seeds 0 1 2                 # all 11 methods, minutes on 2 vCPUs
     teli bench --suite digits --budget time                 # equal wall time instead of equal steps
     teli bench --suite fashion-mnist-10 --seeds 0 1 2       # about an hour on 2 vCPUs (not run in tests)
     teli bench --suite cifar10-40 --set accelerator=cuda --set data.download=true   # GPU: the presets' budgets
@@ -48,6 +48,10 @@ METHODS: dict[str, dict] = {
     "TELI-meta": {"algorithm": "teli", "teli.lambda_mode": "meta"},
     "TELI-beta+strong": {"algorithm": "teli", "teli.lambda_mode": "beta", "data.strong_augment": True},
     "TELI-beta+strong+2rounds": {"algorithm": "teli", "teli.lambda_mode": "beta", "data.strong_augment": True, "rounds": 2},
+    # two more levers on top of strong augmentation: the meta-learned lambda, and soft-label distillation
+    # of the teachers' tempered mean on every confident image
+    "TELI-meta+strong": {"algorithm": "teli", "teli.lambda_mode": "meta", "data.strong_augment": True},
+    "TELI-beta+strong+kd": {"algorithm": "teli", "teli.lambda_mode": "beta", "data.strong_augment": True, "teli.kd_weight": 1.0},
 }
 REFERENCE = "TELI-beta"  # --budget time matches every method's wall time to this one's
 
@@ -185,7 +189,7 @@ def run_suite(suite: str, seeds: list[int], out: Path, base_overrides: dict | No
         cells.setdefault("teachers", {})[seed] = _teachers_cell(teachers_dir, teachers_cfg, pending)
         if budget == "time" and calibration is None:
             calibration = calibrate(suite, names, root, teachers_dir, base_overrides)
-            steps = calibration["steps"]
+            steps = {m: calibration["steps"][m] for m in names}
         for method in names:
             cfg = cell_config(suite, method, seed, root, base_overrides, steps[method])
             cells.setdefault(method, {})[seed] = _run_cell(folder_of(method, seed), cfg,
@@ -201,19 +205,24 @@ def run_suite(suite: str, seeds: list[int], out: Path, base_overrides: dict | No
 
 def calibrate(suite: str, names: list[str], root: Path, teachers_dir: Path, base_overrides: dict | None) -> dict:
     """Steps per method for equal wall time, from an interleaved measurement of each method's step time
-    (teli.speed.step_times); kept in ROOT/calibration.json so a resumed bench uses the same steps."""
+    (teli.speed.step_times); kept in ROOT/calibration.json so a resumed bench uses the same steps. A method
+    added later is measured then, interleaved with the reference again, and added to the file."""
     path = root / "calibration.json"
-    if path.is_file():
-        return json.loads(path.read_text())
+    old = json.loads(path.read_text()) if path.is_file() else None
+    if old is not None and all(m in old["steps"] for m in names):
+        return old
     from teli.speed import load_teachers_run, step_times
 
-    cfgs = {m: cell_config(suite, m, 0, root, base_overrides) for m in names}
+    reference = old["reference"] if old else (REFERENCE if REFERENCE in names else names[0])
+    measure = list(dict.fromkeys([reference, *(m for m in names if old is None or m not in old["steps"])]))
+    cfgs = {m: cell_config(suite, m, 0, root, base_overrides) for m in measure}
     data, logits = load_teachers_run(teachers_dir)
     times = step_times(cfgs, data, logits, steps=5, repeats=3)
-    ref = times.get(REFERENCE) or times[names[0]]
-    ref_steps = cfgs.get(REFERENCE, cfgs[names[0]]).student.optim.steps
-    calibration = {"reference": REFERENCE if REFERENCE in times else names[0], "seconds_per_step": times,
-                   "steps": {m: max(1, round(ref_steps * ref / t)) for m, t in times.items()},
+    ref_steps = cfgs[reference].student.optim.steps
+    steps = {m: max(1, round(ref_steps * times[reference] / t)) for m, t in times.items()}
+    calibration = {"reference": reference,
+                   "seconds_per_step": {**(old or {}).get("seconds_per_step", {}), **times},
+                   "steps": {**steps, **(old or {}).get("steps", {})},
                    "how": "median of 3 interleaved blocks of 5 steps per method (after 2 warm-up steps), seed 0's data "
                           "and teachers; steps = reference steps x reference step time / method step time"}
     root.mkdir(parents=True, exist_ok=True)
