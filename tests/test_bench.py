@@ -104,10 +104,13 @@ def test_time_budget_scales_steps_by_measured_step_time(tmp_path, monkeypatch):
     assert results["rows"][-1]["accuracy"] == equal_steps["rows"][-1]["accuracy"]
 
     # a method added later is calibrated against the reference then; the steps already used stay
-    monkeypatch.setattr(teli.speed, "step_times", lambda cfgs, data, logits, **kw: {"TELI-beta": 0.3, "TELI-meta": 0.6}
-                        if set(cfgs) == {"TELI-beta", "TELI-meta"} else pytest.fail(f"measured {sorted(cfgs)}"))
-    more = bench.run_suite("digits", [0], tmp_path, TINY, budget="time", methods=["fixmatch", "TELI-beta", "TELI-meta"])
-    assert more["steps"] == {"TELI-beta": 8, "fixmatch": 4, "TELI-meta": 4} and calls[-1] == "TELI-meta-s0"
+    # (and a method with 2 rounds, whose budget step is two student steps, gets half the steps of its step time)
+    new = {"TELI-beta", "TELI-meta", "TELI-beta+strong+2rounds"}
+    monkeypatch.setattr(teli.speed, "step_times", lambda cfgs, data, logits, **kw: {"TELI-beta": 0.3, "TELI-meta": 0.6,
+                        "TELI-beta+strong+2rounds": 0.3} if set(cfgs) == new else pytest.fail(f"measured {sorted(cfgs)}"))
+    more = bench.run_suite("digits", [0], tmp_path, TINY, budget="time", methods=["fixmatch", *sorted(new)])
+    assert more["steps"] == {"TELI-beta": 8, "fixmatch": 4, "TELI-meta": 4, "TELI-beta+strong+2rounds": 4}
+    assert calls[-2:] == ["TELI-beta+strong+2rounds-s0", "TELI-meta-s0"]
     assert json.loads((tmp_path / "digits-time" / "calibration.json").read_text())["steps"]["fixmatch"] == 4
     assert "equal wall time" in (tmp_path / "digits-time" / "results.md").read_text()
     fixmatch = json.loads((tmp_path / "digits-time" / "fixmatch-s0" / "summary.json").read_text())

@@ -217,14 +217,16 @@ def calibrate(suite: str, names: list[str], root: Path, teachers_dir: Path, base
     measure = list(dict.fromkeys([reference, *(m for m in names if old is None or m not in old["steps"])]))
     cfgs = {m: cell_config(suite, m, 0, root, base_overrides) for m in measure}
     data, logits = load_teachers_run(teachers_dir)
-    times = step_times(cfgs, data, logits, steps=5, repeats=3)
+    times = step_times(cfgs, data, logits, steps=5, repeats=5)
+    # a budget step of a method with R rounds is R student steps (each round trains `steps` steps)
+    cost = {m: t * cfgs[m].rounds for m, t in times.items()}
     ref_steps = cfgs[reference].student.optim.steps
-    steps = {m: max(1, round(ref_steps * times[reference] / t)) for m, t in times.items()}
+    steps = {m: max(1, round(ref_steps * cost[reference] / c)) for m, c in cost.items()}
     calibration = {"reference": reference,
                    "seconds_per_step": {**(old or {}).get("seconds_per_step", {}), **times},
                    "steps": {**steps, **(old or {}).get("steps", {})},
-                   "how": "median of 3 interleaved blocks of 5 steps per method (after 2 warm-up steps), seed 0's data "
-                          "and teachers; steps = reference steps x reference step time / method step time"}
+                   "how": "median of 5 interleaved blocks of 5 steps per method (after 2 warm-up steps), seed 0's data "
+                          "and teachers; steps = reference steps x reference step time / (method step time x rounds)"}
     root.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(calibration, indent=2))
     return calibration
