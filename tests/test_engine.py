@@ -175,3 +175,24 @@ def test_eval_called_every_eval_every_and_at_the_end(tmp_path, fabric):
     assert [e["step"] for e in evals] == [3, 6, 7]
     assert evals[0]["eval"] == {"val_accuracy": 1.0}
     assert len(calls) == 3
+
+
+def test_ema_decay_warms_up_so_a_short_run_is_not_dragged_by_the_first_weights():
+    from torch.optim.swa_utils import AveragedModel
+
+    from teli.engine import warmup_ema
+
+    model = torch.nn.BatchNorm1d(1)  # a float parameter and an integer buffer
+    ema = AveragedModel(model, multi_avg_fn=warmup_ema(0.97), use_buffers=True)
+    expected = None
+    for t in range(60):
+        with torch.no_grad():
+            model.weight.fill_(float(t))
+        model.num_batches_tracked.fill_(t)
+        ema.update_parameters(model)
+        d = min(0.97, (1 + t) / (10 + t)) if t else None  # update t (the first one copies) has t models averaged before
+        expected = float(t) if t == 0 else d * expected + (1 - d) * t
+        assert ema.module.weight.item() == pytest.approx(expected, rel=1e-6)
+    assert ema.module.num_batches_tracked.item() == 59  # integer buffers follow the model
+    # after 60 steps of a weight rising 0..59 the average sits near the recent weights; a fixed 0.97 would be at ~34
+    assert ema.module.weight.item() > 50

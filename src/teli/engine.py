@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Protocol
 import torch
 from lightning_fabric import Fabric
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from teli.config import OptimConfig
 from teli.errors import TeliError
@@ -125,6 +125,25 @@ def _progress(total: int, label: str, enabled: bool):
     return progress, progress.add_task(label, total=total, status="")
 
 
+def warmup_ema(decay: float):
+    """EMA update with decay_t = min(decay, (1 + t) / (10 + t)), t = models averaged so far, as TensorFlow's
+    ExponentialMovingAverage(num_updates) and timm's EMA warm-up do: torch's get_ema_multi_avg_fn has a
+    fixed decay, whose average over a short run is dragged by the first, untrained weights (FixMatch with
+    EMA 0.97 scored 44 % after 66 steps on Fashion-MNIST, where its student was at ~78 %)."""
+
+    @torch.no_grad()
+    def update(ema_tensors: list[torch.Tensor], tensors: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = float(num_averaged)
+        weight = 1 - min(decay, (1 + n) / (10 + n))
+        for ema_t, t in zip(ema_tensors, tensors):
+            if ema_t.is_floating_point():
+                ema_t.lerp_(t, weight)
+            else:
+                ema_t.copy_(t)  # integer buffers (BatchNorm's step count): the current value
+
+    return update
+
+
 def train(algorithm: Algorithm, batches: Iterator[dict[str, torch.Tensor]], cfg: OptimConfig, *, fabric: Fabric,
           stage: str, log: MetricsLog | None = None, evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
           progress: bool = True, checkpoints: StageCheckpoints | None = None) -> TrainResult:
@@ -136,7 +155,7 @@ def train(algorithm: Algorithm, batches: Iterator[dict[str, torch.Tensor]], cfg:
     bare_optimizer = optimizer
     model, optimizer = fabric.setup(model, optimizer)
     algorithm.model = model
-    ema = AveragedModel(model.module, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
+    ema = AveragedModel(model.module, multi_avg_fn=warmup_ema(cfg.ema_decay), use_buffers=True) if cfg.ema_decay else None
 
     # The running log sums and skipped-step count live in `meter`, so that a checkpoint carries them.
     meter: dict = {"sums": {}, "counts": {}, "skipped": 0}
