@@ -129,7 +129,7 @@ def warmup_ema(decay: float):
     """EMA update with decay_t = min(decay, (1 + t) / (10 + t)), t = models averaged so far, as TensorFlow's
     ExponentialMovingAverage(num_updates) and timm's EMA warm-up do: torch's get_ema_multi_avg_fn has a
     fixed decay, whose average over a short run is dragged by the first, untrained weights (FixMatch with
-    EMA 0.97 scored 44 % after 66 steps on Fashion-MNIST, where its student was at ~78 %)."""
+    EMA 0.97 after 66 steps on Fashion-MNIST, 100 labels/class: 44 % with a fixed decay, 76 % with the warm-up)."""
 
     @torch.no_grad()
     def update(ema_tensors: list[torch.Tensor], tensors: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
