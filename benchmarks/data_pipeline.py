@@ -9,18 +9,18 @@ same shape; teacher logits are random (the step only indexes them). The timing i
 
 Output on the 2-vCPU reference machine (torch 2.14.1, cpu, nothing else running), real Fashion-MNIST:
 
-    $ PYTHONPATH=src python benchmarks/data_pipeline.py --data-root /tmp/fm/data --steps 20 \
+    $ python benchmarks/data_pipeline.py --data-root data --steps 20 \
           --batch 32 --unlabelled-batch 128 --width 32 --depth 2      # the default config's shapes
     dataset fashion-mnist, batch 32 labelled + 128 unlabelled (weak + strong), student cnn(w32,d2), 1 thread(s), 20 steps, medians:
-      data pipeline (assembly + weak + strong aug):     7.6 ms/step
-      whole TELI student step:                        282.6 ms/step
-      data share: 2.7 %  (goal < 10 %: met)
+      data pipeline (assembly + weak + strong aug):     6.9 ms/step
+      whole TELI student step:                        307.1 ms/step
+      data share: 2.2 %  (goal < 10 %: met)
 
-    $ PYTHONPATH=src python benchmarks/data_pipeline.py --data-root /tmp/fm/data --steps 5   # fashion-mnist presets' shapes
+    $ python benchmarks/data_pipeline.py --data-root data --steps 5   # fashion-mnist presets' shapes
     dataset fashion-mnist, batch 64 labelled + 256 unlabelled (weak + strong), student cnn(w64,d3), 1 thread(s), 5 steps, medians:
-      data pipeline (assembly + weak + strong aug):    12.1 ms/step
-      whole TELI student step:                       3146.0 ms/step
-      data share: 0.4 %  (goal < 10 %: met)
+      data pipeline (assembly + weak + strong aug):    11.8 ms/step
+      whole TELI student step:                       2257.1 ms/step
+      data share: 0.5 %  (goal < 10 %: met)
 """
 
 from __future__ import annotations

@@ -63,9 +63,9 @@ SUITES: dict[str, dict] = {
     "digits": {"config": None, "base": {"baselines.fixmatch_ema": 0.99}, "methods": METHODS},
     # CPU budgets: the preset's data, teachers and batch shape (64 labelled + 256 unlabelled images), 150 student
     # steps instead of the preset's 3000, and a cnn(w32,d3) student (0.29 M parameters) instead of the preset's
-    # cnn(w64,d3) (1.1 M, ~4x the compute): 2 suites x 3 seeds x 9 methods must fit in about two hours on 2 vCPUs,
+    # cnn(w64,d3) (1.1 M, ~4x the compute): 2 suites x 3 seeds x 11 methods fit in about two hours on 2 vCPUs,
     # the slowest cell (FixMatch, three views; TELI with 2 rounds) a few minutes. FixMatch's EMA decay is 0.97
-    # here (a ~33-step average over a 150-step budget).
+    # here (a ~33-step average over a 150-step budget; warmed up as teli.engine.warmup_ema does).
     "fashion-mnist-10": {"config": "fashion-mnist-10.yaml", "methods": METHODS, "base": FASHION_CPU},
     "fashion-mnist-100": {"config": "fashion-mnist-100.yaml", "methods": METHODS, "base": FASHION_CPU},
     # for GPUs (documented, not run here): the presets as they are, FixMatch with EMA 0.999 (the presets set ema_decay).
