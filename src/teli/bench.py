@@ -171,12 +171,17 @@ def run_suite(suite: str, seeds: list[int], out: Path, base_overrides: dict | No
     cells: dict[str, dict[int, dict]] = {}
     suite_steps = {m: cell_config(suite, m, seeds[0], root, base_overrides).student.optim.steps for m in names}
     steps, calibration = suite_steps, None
+    saved = root / "calibration.json"
+    if budget == "time" and saved.is_file() and all(m in json.loads(saved.read_text())["steps"] for m in names):
+        calibration = json.loads(saved.read_text())
+        steps = {m: calibration["steps"][m] for m in names}
 
     def folder_of(method: str, seed: int) -> Path:
         # a time-budget cell that keeps the suite's steps (the reference method) is the same run as the
-        # equal-steps cell, but for its out_dir: that one is reused when it exists
+        # equal-steps cell, but for its out_dir: that one is reused when it exists (once the steps are known)
         same = teachers_root / f"{method}-s{seed}"
-        if root != teachers_root and steps[method] == suite_steps[method] and _summary(same) is not None:
+        if root != teachers_root and calibration is not None and steps[method] == suite_steps[method] \
+                and _summary(same) is not None:
             return same
         return root / f"{method}-s{seed}"
 
@@ -184,7 +189,7 @@ def run_suite(suite: str, seeds: list[int], out: Path, base_overrides: dict | No
         base = cell_config(suite, REFERENCE, seed, teachers_root, base_overrides)
         teachers_dir = teachers_root / f"teachers-s{seed}"
         teachers_cfg = base.model_copy(update={"name": teachers_dir.name})
-        uncalibrated = budget == "time" and calibration is None and not (root / "calibration.json").is_file()
+        uncalibrated = budget == "time" and calibration is None
         pending = uncalibrated or any(_summary(folder_of(m, seed)) is None for m in names)
         cells.setdefault("teachers", {})[seed] = _teachers_cell(teachers_dir, teachers_cfg, pending)
         if budget == "time" and calibration is None:
