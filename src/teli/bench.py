@@ -127,12 +127,12 @@ def _teachers_cell(folder: Path, cfg: RunConfig, needed: bool) -> dict:
     in a fresh checkout the teachers are trained again when a cell still needs them, and must score
     exactly what the finished cells' teachers scored (same code, seed and library: the same weights)."""
     done = _summary(folder)
-    if done is not None:
-        check_cell(folder, cfg, only=TEACHER_KEYS)
-        if not needed or any((folder / "teachers").glob("teacher_*.safetensors")):
-            return done
     if done is None:
-        return _run_cell(folder, cfg, lambda overwrite: train_teachers(cfg, overwrite))
+        train_teachers(cfg, overwrite=folder.exists())  # a folder without summary.json is an interrupted cell
+        return _summary(folder)
+    check_cell(folder, cfg, only=TEACHER_KEYS)
+    if not needed or any((folder / "teachers").glob("teacher_*.safetensors")):
+        return done
     train_teachers(cfg, overwrite=True)
     fresh = _summary(folder)
     if _teacher_scores(fresh) != _teacher_scores(done):
@@ -170,11 +170,10 @@ def run_suite(suite: str, seeds: list[int], out: Path, base_overrides: dict | No
     root = teachers_root if budget == "steps" else Path(out) / f"{suite}-time"
     cells: dict[str, dict[int, dict]] = {}
     suite_steps = {m: cell_config(suite, m, seeds[0], root, base_overrides).student.optim.steps for m in names}
-    steps, calibration = suite_steps, None
-    saved = root / "calibration.json"
-    if budget == "time" and saved.is_file() and all(m in json.loads(saved.read_text())["steps"] for m in names):
-        calibration = json.loads(saved.read_text())
-        steps = {m: calibration["steps"][m] for m in names}
+    calibration = saved_calibration(root) if budget == "time" else None
+    if calibration is not None and not all(m in calibration["steps"] for m in names):
+        calibration = None  # a method is missing: calibrate() measures it, once the teachers are there
+    steps = {m: calibration["steps"][m] for m in names} if calibration else suite_steps
 
     def folder_of(method: str, seed: int) -> Path:
         # a time-budget cell that keeps the suite's steps (the reference method) is the same run as the
@@ -212,8 +211,7 @@ def calibrate(suite: str, names: list[str], root: Path, teachers_dir: Path, base
     """Steps per method for equal wall time, from an interleaved measurement of each method's step time
     (teli.speed.step_times); kept in ROOT/calibration.json so a resumed bench uses the same steps. A method
     added later is measured then, interleaved with the reference again, and added to the file."""
-    path = root / "calibration.json"
-    old = json.loads(path.read_text()) if path.is_file() else None
+    old = saved_calibration(root)
     if old is not None and all(m in old["steps"] for m in names):
         return old
     from teli.speed import load_teachers_run, step_times
@@ -233,8 +231,13 @@ def calibrate(suite: str, names: list[str], root: Path, teachers_dir: Path, base
                    "how": "median of 5 interleaved blocks of 5 steps per method (after 2 warm-up steps), seed 0's data "
                           "and teachers; steps = reference steps x reference step time / (method step time x rounds)"}
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(calibration, indent=2))
+    (root / "calibration.json").write_text(json.dumps(calibration, indent=2))
     return calibration
+
+
+def saved_calibration(root: Path) -> dict | None:
+    path = root / "calibration.json"
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _model(summary: dict, prefix: str) -> dict | None:
